@@ -1,0 +1,10 @@
+"""autoorgan: self-configuring 3D organ detection (Organ-DETR) and partially labeled segmentation (CCQ).
+
+The data flows one way: raw dataset -> fingerprint -> plans -> preprocessed data -> trainer -> checkpoint ->
+predictor -> outputs -> evaluation. See docs/ for the conventions (boxes, coordinate frames, file formats).
+"""
+from autoorgan.paths import wire_nnunet_env
+
+wire_nnunet_env()  # before any nnunetv2 import: nnunetv2.paths reads the variables when first imported
+
+__version__ = "0.1.0"

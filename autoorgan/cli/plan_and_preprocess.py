@@ -1,0 +1,181 @@
+"""``autoorgan_plan_and_preprocess``: fingerprint, plans and preprocessed data from a raw dataset, in one command."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from autoorgan.errors import UserError, cli_entry
+from autoorgan.paths import find_dataset_name, preprocessed_root, raw_root
+from autoorgan.plans import CONFIGURATIONS, PLANS_NAME
+
+FINGERPRINT_NAME = "dataset_fingerprint.json"
+
+
+def _default_np() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def build_parser(kind: str = "all") -> argparse.ArgumentParser:
+    desc = {
+        "all": "Fingerprint a raw dataset (checking its integrity on the first run), write the plans of the "
+               "organdetr and ccq configurations, and preprocess the training cases. Rerunning resumes: finished "
+               "steps and cases are kept.",
+        "fingerprint": "Check a raw dataset and write its fingerprint (dataset_fingerprint.json).",
+        "plan": "Write the plans (autoorganPlans.json) from an existing fingerprint.",
+        "preprocess": "Preprocess the training cases with existing plans (resumes unfinished cases).",
+    }[kind]
+    p = argparse.ArgumentParser(description=desc, epilog="Folders: $autoorgan_raw (input), $autoorgan_preprocessed "
+                                "(output); defaults under ~/autoorgan_data when unset. See docs/cli.md.")
+    p.add_argument("-d", nargs="+", required=True, metavar="ID", help="dataset id(s), e.g. 3 or Dataset003_Liver")
+    if kind in ("all", "fingerprint"):
+        p.add_argument("--verify_dataset_integrity", action="store_true",
+                       help="check every case even when a fingerprint exists (the first run always checks)")
+        p.add_argument("--no_verify", action="store_true", help="skip the integrity check (not recommended)")
+    if kind in ("all", "plan", "preprocess"):
+        p.add_argument("-c", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS, metavar="CONFIG",
+                       help=f"configurations to plan/preprocess (default: {' '.join(CONFIGURATIONS)})")
+    if kind in ("all", "plan"):
+        p.add_argument("-gpu_memory_target", type=float, default=8.0, metavar="GB",
+                       help="GPU memory budget used to size inputs and networks (default 8)")
+        p.add_argument("-device", choices=("cuda", "cpu"), default=None,
+                       help="plan organdetr for training on this device (default: cuda if one is visible, else "
+                            "cpu, whose budget is -cpu_memory_target)")
+        p.add_argument("-cpu_memory_target", type=float, default=None, metavar="GB",
+                       help="memory budget of a CPU plan (default 0.25: small enough to train on a laptop)")
+        p.add_argument("-overwrite_target_spacing", nargs=3, type=float, default=None, metavar="MM",
+                       help="use this target spacing (array order after transpose, mm) instead of the planned one")
+        p.add_argument("--rho", type=int, default=10, help="organdetr queries per organ class (default 10)")
+        p.add_argument("--lambda", dest="lambda_match", type=float, default=None,
+                       help="DQM matching ratio; eta = ceil(lambda*rho) must be in [1, 5] (default 0.2, adjusted)")
+    if kind in ("all", "fingerprint", "preprocess"):
+        p.add_argument("-np", type=int, default=_default_np(), help=f"worker processes (default {_default_np()})")
+    if kind == "all":
+        p.add_argument("--no_pp", action="store_true", help="stop after planning (no preprocessing)")
+    if kind in ("all", "fingerprint"):
+        p.add_argument("--clean", action="store_true",
+                       help="redo everything: delete this dataset's fingerprint, plans and preprocessed data first")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _load_raw(dataset: str):
+    from autoorgan.dataset.raw import list_cases, load_dataset_json
+    name = find_dataset_name(dataset, raw_root())
+    folder = raw_root() / name
+    ds = load_dataset_json(folder)
+    return name, folder, ds, list_cases(folder, ds)
+
+
+def run_fingerprint(dataset: str, args) -> tuple[str, dict]:
+    from autoorgan.fileio import load_json, write_json_atomic
+    from autoorgan.fingerprint import extract_fingerprint
+    name, folder, ds, cases = _load_raw(dataset)
+    out = preprocessed_root() / name
+    if getattr(args, "clean", False) and out.is_dir():
+        shutil.rmtree(out)
+    fp_file = out / FINGERPRINT_NAME
+    if fp_file.is_file():
+        fp = load_json(fp_file)
+        same_cases = sorted(fp.get("autoorgan", {}).get("cases", {})) == sorted(cases)
+        if same_cases and not args.verify_dataset_integrity:
+            print(f"{name}: fingerprint exists ({fp_file}); reusing it (--clean to redo)", file=sys.stderr)
+            return name, fp
+    check = not args.no_verify
+    fp = extract_fingerprint(cases, ds, num_processes=args.np, check=check, progress=not args.quiet)
+    write_json_atomic(fp, fp_file)
+    print(f"{name}: {len(cases)} cases{' checked and' if check else ''} fingerprinted -> {fp_file}", file=sys.stderr)
+    return name, fp
+
+
+def _device(args) -> str:
+    if args.device:
+        return args.device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_plan(name: str, args) -> dict:
+    from autoorgan.planners import plan_dataset
+    if not (preprocessed_root() / name / FINGERPRINT_NAME).is_file():
+        raise UserError(f"{name} has no fingerprint yet; run autoorgan_extract_fingerprint -d {name} (or "
+                        "autoorgan_plan_and_preprocess) first")
+    device = _device(args)
+    if args.device is None and device == "cpu":
+        print("autoorgan: no GPU visible; organdetr is planned for the CPU (-device cuda to plan for a GPU)",
+              file=sys.stderr)
+    plans = plan_dataset(name, raw_root(), preprocessed_root(), tuple(args.c), args.gpu_memory_target, device,
+                         args.overwrite_target_spacing, args.rho, args.lambda_match, args.cpu_memory_target)
+    _print_plans_summary(name, plans, args.c)
+    return plans
+
+
+def _print_plans_summary(name: str, plans: dict, configs) -> None:
+    print(f"{name}: plans -> {preprocessed_root() / name / (PLANS_NAME + '.json')}")
+    for c in configs:
+        cfg = plans["configurations"][c]
+        line = f"  {c}: spacing {[round(s, 3) for s in cfg['spacing']]} mm, "
+        if c == "organdetr":
+            o = cfg["organdetr"]
+            line += (f"input shape {cfg['input_shape']}, batch {cfg['batch_size']}, N={o['num_queries']} queries "
+                     f"(rho={o['rho']}, M={o['num_organ_classes']}), lambda={o['lambda']:.3g}, eta={o['eta']}")
+        else:
+            line += (f"patch {cfg['patch_size']}, batch {cfg['batch_size']}, "
+                     f"{cfg['ccq']['num_class_queries']} class queries, {len(cfg['ccq']['members'])} annotation "
+                     "group(s)")
+        print(line)
+
+
+def run_preprocess(name: str, args, plans: dict | None = None) -> None:
+    from autoorgan.dataset.raw import list_cases, load_dataset_json
+    from autoorgan.plans import get_configuration, load_plans
+    from autoorgan.preprocessing import preprocess
+    pre = preprocessed_root() / name
+    plans = plans or load_plans(pre)
+    ds = load_dataset_json(raw_root() / name)
+    cases = list_cases(raw_root() / name, ds)
+    done: set[str] = set()
+    for c in args.c:
+        ident = get_configuration(plans, c)["data_identifier"]
+        if ident in done:
+            continue
+        out = preprocess(cases, plans, c, ds, pre, num_processes=args.np, progress=not args.quiet)
+        done.add(ident)
+        print(f"{name}: {c} data -> {out}")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser("all").parse_args(argv)
+    for d in args.d:
+        name, _ = run_fingerprint(d, args)
+        plans = run_plan(name, args)
+        if not args.no_pp:
+            run_preprocess(name, args, plans)
+
+
+@cli_entry
+def main_fingerprint(argv: list[str] | None = None) -> None:
+    args = build_parser("fingerprint").parse_args(argv)
+    for d in args.d:
+        run_fingerprint(d, args)
+
+
+@cli_entry
+def main_plan(argv: list[str] | None = None) -> None:
+    args = build_parser("plan").parse_args(argv)
+    for d in args.d:
+        run_plan(find_dataset_name(d, preprocessed_root()), args)
+
+
+@cli_entry
+def main_preprocess(argv: list[str] | None = None) -> None:
+    args = build_parser("preprocess").parse_args(argv)
+    for d in args.d:
+        run_preprocess(find_dataset_name(d, raw_root()), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Planner of the ``ccq`` configuration (patch-based partially labeled segmentation, CCQ paper).
+
+Spacing, patch size, batch size and the U-Net topology come from nnunetv2's 3d_fullres planning unchanged; we add
+the number of class queries (paper: N_q = 32) and the member datasets / annotation sets with their classes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from autoorgan.dataset.raw import annotated_labels, annotation_sets, foreground_labels
+from autoorgan.planners.base import AutoOrganPlannerBase
+
+NUM_CLASS_QUERIES = 32  # CCQ paper, N_q
+
+
+class CCQPlanner(AutoOrganPlannerBase):
+    configuration_name = "ccq"
+
+    def annotation_members(self) -> list[dict]:
+        """Groups of cases that annotate the same labels (the member datasets of a merged dataset)."""
+        ds = self.dataset_json
+        names = {v: k for k, v in foreground_labels(ds).items()}
+        set_names = {tuple(v): k for k, v in annotation_sets(ds).items()}
+        groups: dict[tuple, list[str]] = {}
+        for case in self.dataset:
+            groups.setdefault(tuple(annotated_labels(ds, case)), []).append(case)
+        out = []
+        for labels, cases in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            out.append({"name": set_names.get(labels, "+".join(names[v] for v in labels)),
+                        "labels": [names[v] for v in labels], "num_cases": len(cases)})
+        return out
+
+    def plan_configuration(self, data_identifier: str) -> dict:
+        spacing = self.fullres_spacing_transposed()
+        median_shape = self.median_shape_at(spacing)
+        n_vox = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
+        plan = self.get_plans_for_configuration(spacing, median_shape, data_identifier, n_vox, {})
+        members = self.annotation_members()
+        plan["batch_dice"] = False
+        plan["ccq"] = {"num_class_queries": NUM_CLASS_QUERIES, "members": members,
+                       "classes": list(foreground_labels(self.dataset_json)),
+                       "combine_threshold": 0.5}
+        plan["_why"] = {
+            "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
+                       "anisotropic axis)",
+            "patch_size": f"nnU-Net 3d_fullres patch size for a {self.UNet_vram_target_GB} GB memory target and "
+                          f"median shape {median_shape.tolist()} at that spacing",
+            "batch_size": "nnU-Net 3d_fullres batch size (memory target, at most 5% of the dataset per step)",
+            "num_class_queries": "CCQ paper: N_q = 32 learned semantic concepts",
+            "members": f"{len(members)} group(s) of cases by annotated labels; each case's loss uses only its "
+                       "annotated classes",
+            "combine_threshold": "inference: a voxel takes the most probable class if that probability is > 0.5",
+        }
+        return plan

@@ -1,0 +1,75 @@
+"""Shared fixtures: temporary data roots (set before autoorgan is imported) and small phantom datasets."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_SESSION_ROOT = Path(os.environ.get("AUTOORGAN_TEST_TMP", "/tmp")) / f"autoorgan_tests_{os.getpid()}"
+for _kind in ("raw", "preprocessed", "results"):
+    os.environ[f"autoorgan_{_kind}"] = str(_SESSION_ROOT / _kind)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """Fresh raw/preprocessed/results roots for one test (environment variables set)."""
+    out = {}
+    for kind in ("raw", "preprocessed", "results"):
+        p = tmp_path / kind
+        monkeypatch.setenv(f"autoorgan_{kind}", str(p))
+        out[kind] = p
+    return out
+
+
+def run_cli(name: str, *args: str, env_roots: dict | None = None, timeout: int = 600):
+    """Run an installed console script as a user would; returns CompletedProcess (text)."""
+    env = dict(os.environ)
+    if env_roots:
+        env.update({f"autoorgan_{k}": str(v) for k, v in env_roots.items()})
+    exe = Path(sys.executable).with_name(name)
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", _MODULES[name]]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+_MODULES = {"autoorgan_plan_and_preprocess": "autoorgan.cli.plan_and_preprocess",
+            "autoorgan_make_phantom_dataset": "autoorgan.cli.phantom"}
+
+
+@pytest.fixture(scope="session")
+def phantom_template(tmp_path_factory):
+    """A small phantom dataset (8 training cases, coarse grid), written once per session; copy before modifying."""
+    from autoorgan.dataset.phantom import write_phantom_dataset
+    root = tmp_path_factory.mktemp("phantom_template")
+    return write_phantom_dataset(root, 900, num_cases=8, num_test=1, spacing_scale=1.6, progress=False)
+
+
+@pytest.fixture(scope="session")
+def partial_phantom_template(tmp_path_factory):
+    from autoorgan.dataset.phantom import write_phantom_dataset
+    root = tmp_path_factory.mktemp("partial_phantom_template")
+    return write_phantom_dataset(root, 901, num_cases=6, num_test=0, partial=True, spacing_scale=1.6, progress=False)
+
+
+@pytest.fixture
+def phantom(roots, phantom_template):
+    """A private copy of the small phantom in this test's raw root."""
+    dst = roots["raw"] / phantom_template.name
+    shutil.copytree(phantom_template, dst)
+    return dst
+
+
+def edit_json(path: Path, fn) -> None:
+    data = json.loads(Path(path).read_text())
+    fn(data)
+    Path(path).write_text(json.dumps(data))

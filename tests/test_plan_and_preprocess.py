@@ -1,0 +1,126 @@
+"""Fingerprint, plans and preprocessing on small phantoms: numbers with reasons, partial annotation, resume."""
+import json
+import pickle
+import shutil
+
+import blosc2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from autoorgan.boxes import boxes_from_label_map
+
+
+def _plan_and_preprocess(extra=()):
+    return run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-np", "1", "--quiet", *extra)
+
+
+@pytest.fixture
+def planned(phantom, roots):
+    res = _plan_and_preprocess()
+    assert res.returncode == 0, res.stderr
+    pre = roots["preprocessed"] / phantom.name
+    return pre, json.loads((pre / "autoorganPlans.json").read_text())
+
+
+def test_plans_hold_both_configurations_with_reasons(planned):
+    pre, plans = planned
+    det, ccq = plans["configurations"]["organdetr"], plans["configurations"]["ccq"]
+    o = det["organdetr"]
+    assert o["num_organ_classes"] == 7 and o["rho"] == 10 and o["num_queries"] == 70
+    assert 1 <= o["eta"] <= 5 and o["eta"] == int(np.ceil(o["lambda"] * o["rho"] - 1e-9))
+    assert all(s % 16 == 0 for s in det["input_shape"]) and len(det["spacing"]) == 3
+    for key in ("spacing", "input_shape", "num_queries", "lambda", "eta", "rho"):
+        assert det["_why"][key], key
+    assert ccq["ccq"]["num_class_queries"] == 32 and len(ccq["patch_size"]) == 3 and ccq["_why"]["patch_size"]
+    fp = json.loads((pre / "dataset_fingerprint.json").read_text())["autoorgan"]
+    assert fp["classes"]["liver"]["num_cases_present"] == fp["classes"]["liver"]["num_cases_annotated"] == 8
+    assert set(fp["classes"]["aorta"]["box_extent_mm"]) == {"median", "p05", "p95"}
+    assert fp["organs_per_case"]["max"] == 7
+
+
+def test_preprocessed_boxes_match_preprocessed_label_maps(planned):
+    pre, plans = planned
+    folder = pre / plans["configurations"]["organdetr"]["data_identifier"]
+    pkls = sorted(folder.glob("*.pkl"))
+    assert len(pkls) == 8
+    for pkl in pkls:
+        props = pickle.loads(pkl.read_bytes())
+        seg = blosc2.open(str(pkl.with_suffix("")) + "_seg.b2nd")[:]
+        data = blosc2.open(str(pkl.with_suffix(".b2nd")))[:]
+        assert data.shape[1:] == seg.shape[1:] and np.isfinite(data).all()
+        boxes = props["autoorgan"]["boxes"]
+        assert boxes == boxes_from_label_map(seg[0]) and len(boxes) >= 6
+
+
+def test_larger_gpu_budget_gives_a_larger_input(planned, roots):
+    pre, plans = planned
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-device", "cuda", "--no_pp", "--quiet")
+    assert res.returncode == 0, res.stderr
+    gpu = json.loads((pre / "autoorganPlans.json").read_text())["configurations"]["organdetr"]
+    cpu = plans["configurations"]["organdetr"]
+    assert np.prod(gpu["input_shape"]) >= np.prod(cpu["input_shape"])
+    assert all(g <= c + 1e-9 for g, c in zip(gpu["spacing"], cpu["spacing"]))
+    assert gpu["architecture"]["arch_kwargs"]["hidden_dim"] > cpu["architecture"]["arch_kwargs"]["hidden_dim"]
+
+
+def test_input_shape_is_coarsened_to_fit_the_budget():
+    from autoorgan.planners.organdetr_planner import OrganDETRPlanner
+    extent = np.array([300.0, 350.0, 400.0])
+    spacing, shape, steps = OrganDETRPlanner.fit_input_shape(None, np.array([2.5, 0.8, 0.8]), extent, 64 ** 3)
+    assert np.prod(shape) <= 64 ** 3 and steps > 0 and all(s % 16 == 0 for s in shape)
+    assert np.all(shape * spacing >= extent - 16 * spacing)  # still holds the extent (up to rounding)
+    assert spacing[0] == pytest.approx(2.5 * 1.03 ** 0) or spacing[0] >= 2.5  # finest axes coarsened first
+    assert spacing[1] > 0.8 * 2
+
+
+@pytest.mark.parametrize("rho,lam,eta", [(10, None, 2), (30, None, 5), (3, None, 1), (10, 0.45, 5)])
+def test_lambda_keeps_eta_in_range(rho, lam, eta):
+    from autoorgan.planners.organdetr_planner import choose_lambda
+    got_lam, got_eta, why = choose_lambda(rho, lam)
+    assert got_eta == eta and 1 <= got_eta <= 5 and why
+
+
+def test_bad_lambda_is_a_clear_error(planned):
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "--lambda", "0.9", "--no_pp")
+    assert res.returncode == 2 and "outside [1, 5]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_partial_annotation_survives_preprocessing(roots, partial_phantom_template):
+    shutil.copytree(partial_phantom_template, roots["raw"] / partial_phantom_template.name)
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "901", "-np", "1", "--quiet", "-c", "ccq")
+    assert res.returncode == 0, res.stderr
+    pre = roots["preprocessed"] / partial_phantom_template.name
+    plans = json.loads((pre / "autoorganPlans.json").read_text())
+    assert plans["autoorgan"]["partially_annotated"] is True
+    assert {m["name"] for m in plans["configurations"]["ccq"]["ccq"]["members"]} == \
+        {"member_A_upper", "member_B_retro", "member_C_pelvis"}
+    ds = json.loads((partial_phantom_template / "dataset.json").read_text())
+    from autoorgan.dataset.phantom import LABELS, MEMBERS
+    folder = pre / plans["configurations"]["ccq"]["data_identifier"]
+    for case, member in ds["annotated_labels"]["cases"].items():
+        props = pickle.loads((folder / f"{case}.pkl").read_bytes())["autoorgan"]
+        expected = sorted(LABELS[n] for n in MEMBERS[member])
+        assert props["annotated_labels"] == expected
+        assert set(props["present_labels"]) <= set(expected)
+    fp = json.loads((pre / "dataset_fingerprint.json").read_text())["autoorgan"]["classes"]
+    # 6 cases round-robin over 3 members: 2 cases each; bladder only in C, kidneys in B and C
+    assert fp["bladder"]["num_cases_annotated"] == 2 and fp["spleen"]["num_cases_annotated"] == 2
+    assert fp["kidney_left"]["num_cases_annotated"] == 4 and fp["liver"]["num_cases_annotated"] == 4
+
+
+def test_interrupted_preprocessing_resumes(planned, roots):
+    pre, plans = planned
+    folder = pre / plans["configurations"]["organdetr"]["data_identifier"]
+    keep = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pkl")}
+    # simulate a kill: two cases lost their completion marker, one left a half-written temporary folder
+    (folder / "phantom_002.pkl").unlink()
+    (folder / "phantom_005_seg.b2nd").unlink()
+    (folder / "phantom_005.pkl").unlink()
+    (folder / ".tmp_phantom_006_999").mkdir()
+    res = _plan_and_preprocess()
+    assert res.returncode == 0, res.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pkl")}
+    assert set(after) == set(keep)
+    redone = {k for k in after if after[k] != keep.get(k)}
+    assert redone == {"phantom_002.pkl", "phantom_005.pkl"}
