@@ -43,7 +43,9 @@ def run_cli(name: str, *args: str, env_roots: dict | None = None, timeout: int =
 
 
 _MODULES = {"autoorgan_plan_and_preprocess": "autoorgan.cli.plan_and_preprocess",
-            "autoorgan_make_phantom_dataset": "autoorgan.cli.phantom"}
+            "autoorgan_make_phantom_dataset": "autoorgan.cli.phantom",
+            "autoorgan_convert_MSD_dataset": "autoorgan.cli.convert",
+            "autoorgan_convert_contoured_json": "autoorgan.cli.convert"}
 
 
 @pytest.fixture(scope="session")

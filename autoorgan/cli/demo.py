@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     from autoorgan.cli import plan_and_preprocess as pp
     from autoorgan.dataset.phantom import write_phantom_dataset
-    if not list(raw_root().glob(f"Dataset{args.d:03d}_*")) if raw_root().is_dir() else True:
+    exists = raw_root().is_dir() and any(raw_root().glob(f"Dataset{args.d:03d}_*"))
+    if not exists:
         folder = write_phantom_dataset(raw_root(), args.d, num_cases=args.cases)
         print(f"[1/2] phantom dataset written to {folder}")
     else:
