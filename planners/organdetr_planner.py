@@ -37,7 +37,7 @@ def choose_lambda(rho: int, lambda_match: float | None = None) -> tuple[float, i
         eta = math.ceil(lambda_match * rho - 1e-9)
         if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
             raise UserError(f"lambda {lambda_match} with rho {rho} gives eta = ceil(lambda*rho) = {eta}, outside "
-                            f"[1, 5] (the paper's rule of thumb); choose lambda in ({0 if rho else 0}, {5 / rho:.3g}]")
+                            f"[1, 5] (the paper's rule of thumb); choose lambda in (0, {5 / rho:.3g}]")
         return lambda_match, eta, "given on the command line"
     lam = PAPER_LAMBDA
     eta = math.ceil(lam * rho - 1e-9)
