@@ -1,0 +1,1 @@
+"""Networks: Organ-DETR parts (backbone, MSA encoder, deformable decoder) and CCQ (to come)."""
