@@ -27,7 +27,7 @@ World coordinates (mm, LPS as ITK uses)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -167,9 +167,3 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vol_a, vol_b = box_size(a).clip(0).prod(-1), box_size(b).clip(0).prod(-1)
     union = vol_a[:, None] + vol_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def shift_boxes(boxes: Mapping[int, Sequence[float]], offset: Sequence[float]) -> dict[int, list[float]]:
-    """Add ``offset`` (array order, voxels) to the lo and hi of every box in ``{label: box}``."""
-    off = list(offset) * 2
-    return {k: [float(v) + o for v, o in zip(box, off)] for k, box in boxes.items()}

@@ -37,6 +37,11 @@ def write_json_atomic(obj, path: Path, indent: int | None = 2) -> None:
         raise
 
 
+def to_jsonable(obj):
+    """``obj`` as it reads back from JSON (numpy scalars/arrays to Python, tuples to lists), for comparisons."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def load_json(path: Path):
     with open(path) as f:
         return json.load(f)

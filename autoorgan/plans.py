@@ -28,7 +28,7 @@ def load_plans(preprocessed_dataset_folder: Path, plans_name: str = PLANS_NAME) 
     try:
         return load_json(path)
     except ValueError as err:
-        raise UserError(f"plans file {path} is not valid JSON ({err}); fix it or rerun planning with --clean")
+        raise UserError(f"plans file {path} is not valid JSON ({err}); fix it or rerun planning with --clean") from None
 
 
 def get_configuration(plans: dict, name: str) -> dict:

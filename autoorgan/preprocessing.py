@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from autoorgan.boxes import boxes_from_label_map
 from autoorgan.dataset.raw import RawCase, annotated_labels, foreground_labels
-from autoorgan.fileio import load_json, write_json_atomic
+from autoorgan.fileio import load_json, to_jsonable, write_json_atomic
 from autoorgan.fingerprint import body_mask, is_ct_channel, mask_bbox
 
 STAMP_NAME = "autoorgan_preprocessing.json"
@@ -47,10 +47,14 @@ def preprocess_case_arrays(data: np.ndarray, seg: np.ndarray | None, properties:
                                                                                                dict]:
     """Preprocess one case given as arrays (``data [C, n0, n1, n2]``, ``seg [1, n0, n1, n2]`` or None, nnU-Net
     reader properties). Returns ``(data float32, seg int8/int16 [1, ...], properties)``."""
+    pm, cm = _managers(plans, configuration)
+    return _preprocess(data, seg, properties, pm, cm, dataset_json, case_id)
+
+
+def _preprocess(data, seg, properties, pm, cm, dataset_json: Mapping, case_id: str):
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    pm, cm = _managers(plans, configuration)
     tf = pm.transpose_forward
     data = data.astype(np.float32).transpose([0, *[i + 1 for i in tf]])
     seg = np.zeros((1, *data.shape[1:]), np.int16) if seg is None else \
@@ -97,7 +101,7 @@ def preprocess_case_to_disk(case: RawCase, plans: dict, configuration: str, data
     rw = pm.image_reader_writer_class()
     data, props = rw.read_images([str(p) for p in case.images])
     seg = rw.read_seg(str(case.label))[0] if case.label is not None else None
-    data, seg, props = preprocess_case_arrays(data, seg, props, plans, configuration, dataset_json, case.case_id)
+    data, seg, props = _preprocess(data, seg, props, pm, cm, dataset_json, case.case_id)
     tmp_dir = out_dir / f".tmp_{case.case_id}_{os.getpid()}"
     tmp_dir.mkdir(exist_ok=True)
     try:
@@ -135,7 +139,7 @@ def preprocess(cases: Mapping[str, RawCase], plans: dict, configuration: str, da
     stamp = preprocessing_stamp(plans, configuration)
     stamp_file = out_dir / STAMP_NAME
     if out_dir.is_dir() and (not stamp_file.is_file() or
-                             load_json(stamp_file) != json_roundtrip(stamp)):
+                             load_json(stamp_file) != to_jsonable(stamp)):
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not stamp_file.is_file():
@@ -154,9 +158,3 @@ def preprocess(cases: Mapping[str, RawCase], plans: dict, configuration: str, da
                 bar.update()
     bar.close()
     return out_dir
-
-
-def json_roundtrip(obj):
-    import json
-    from autoorgan.fileio import _json_default
-    return json.loads(json.dumps(obj, default=_json_default))

@@ -37,15 +37,8 @@ def run_cli(name: str, *args: str, env_roots: dict | None = None, timeout: int =
     env = dict(os.environ)
     if env_roots:
         env.update({f"autoorgan_{k}": str(v) for k, v in env_roots.items()})
-    exe = Path(sys.executable).with_name(name)
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", _MODULES[name]]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-_MODULES = {"autoorgan_plan_and_preprocess": "autoorgan.cli.plan_and_preprocess",
-            "autoorgan_make_phantom_dataset": "autoorgan.cli.phantom",
-            "autoorgan_convert_MSD_dataset": "autoorgan.cli.convert",
-            "autoorgan_convert_contoured_json": "autoorgan.cli.convert"}
+    exe = Path(sys.executable).with_name(name)  # console scripts of the installed package
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

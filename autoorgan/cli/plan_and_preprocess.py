@@ -5,7 +5,6 @@ import argparse
 import os
 import shutil
 import sys
-from pathlib import Path
 
 from autoorgan.errors import UserError, cli_entry
 from autoorgan.paths import find_dataset_name, preprocessed_root, raw_root
@@ -129,13 +128,11 @@ def _print_plans_summary(name: str, plans: dict, configs) -> None:
 
 
 def run_preprocess(name: str, args, plans: dict | None = None) -> None:
-    from autoorgan.dataset.raw import list_cases, load_dataset_json
     from autoorgan.plans import get_configuration, load_plans
     from autoorgan.preprocessing import preprocess
     pre = preprocessed_root() / name
     plans = plans or load_plans(pre)
-    ds = load_dataset_json(raw_root() / name)
-    cases = list_cases(raw_root() / name, ds)
+    name, _, ds, cases = _load_raw(name)
     done: set[str] = set()
     for c in args.c:
         ident = get_configuration(plans, c)["data_identifier"]

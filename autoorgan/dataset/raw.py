@@ -49,7 +49,7 @@ def load_dataset_json(dataset_folder: Path) -> dict:
     try:
         ds = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetIntegrityError(f"{path} is not valid JSON ({err}); fix the file")
+        raise DatasetIntegrityError(f"{path} is not valid JSON ({err}); fix the file") from None
     if not isinstance(ds, dict):
         raise DatasetIntegrityError(f"{path} must hold a JSON object with channel_names, labels, numTraining, file_ending")
     for key in ("channel_names", "labels", "numTraining", "file_ending"):
