@@ -1,0 +1,96 @@
+"""``autoorgan_train DATASET CONFIGURATION FOLD``: train one fold of a configuration from its plans."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from autoorgan.errors import UserError, cli_entry
+from autoorgan.paths import find_dataset_name
+
+TRAINERS = {"organdetr": "autoorgan.trainers.organdetr:OrganDETRTrainer"}
+
+
+def trainer_class(configuration: str):
+    if configuration not in TRAINERS:
+        raise UserError(f"no trainer for configuration {configuration!r}; choose one of {', '.join(TRAINERS)}")
+    module, name = TRAINERS[configuration].split(":")
+    import importlib
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from autoorgan.trainers.base import TrainOptions
+    d = TrainOptions()
+    p = argparse.ArgumentParser(
+        description="Train one fold of a configuration on a preprocessed dataset. Results go to "
+                    "$autoorgan_results/DatasetXXX/<Trainer>__autoorganPlans__<configuration>/fold_F (checkpoints, "
+                    "training_log.txt, progress.png, validation/summary.json). Multi-GPU/multi-process: launch "
+                    "with torchrun --nproc_per_node N $(which autoorgan_train) ...",
+        epilog="Continue an interrupted run with the same command plus --c. See docs/training.md.")
+    p.add_argument("dataset", help="dataset id or name, e.g. 3 or Dataset003_Liver")
+    p.add_argument("configuration", help=f"configuration: {', '.join(TRAINERS)}")
+    p.add_argument("fold", help="fold 0-4 (splits_final.json) or 'all'")
+    p.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="device (default: cuda when available, else cpu)")
+    p.add_argument("--c", action="store_true", help="continue from the latest checkpoint of this fold")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    p.add_argument("--iters_per_epoch", type=int, default=d.iters_per_epoch,
+                   help=f"iterations per epoch (default {d.iters_per_epoch})")
+    p.add_argument("--val_every", type=int, default=d.val_every,
+                   help=f"validate every N epochs; the best checkpoint follows validation mAP (default {d.val_every})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    p.add_argument("--warmup_iters", type=int, default=d.warmup_iters,
+                   help=f"linear warm-up iterations, at most 10%% of training (default {d.warmup_iters})")
+    p.add_argument("--batch_size", type=int, default=None, help="batch size (default: from the plans)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("-num_workers", type=int, default=None,
+                   help="data loader worker processes (default: 2, or 0 with one CPU core)")
+    p.add_argument("--matcher", choices=("dqm", "hungarian"), default=None,
+                   help="organdetr: query matching (default from the plans: dqm)")
+    p.add_argument("--no_seg_loss", action="store_true",
+                   help="organdetr: drop the multi-scale segmentation loss (paper ablation)")
+    p.add_argument("-tr", dest="trainer_name", default=None,
+                   help="name of the results folder's trainer part (default: derived from the options)")
+    p.add_argument("--val_only", action="store_true",
+                   help="only run the final validation with checkpoint_final.pth")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from autoorgan.trainers.base import TrainOptions
+    if args.epochs < 1 or args.iters_per_epoch < 1:
+        raise UserError("--epochs and --iters_per_epoch must be at least 1")
+    extra = {}
+    if args.matcher:
+        extra["matcher"] = args.matcher
+    if args.no_seg_loss:
+        extra["seg_loss"] = False
+    workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
+    opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
+                       lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,
+                       num_workers=workers, extra=extra)
+    fold = args.fold if args.fold == "all" else _int_fold(args.fold)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    trainer = trainer_class(args.configuration)(find_dataset_name(args.dataset), fold, opt, device,
+                                                trainer_name=args.trainer_name)
+    if args.val_only:
+        return trainer.validate_checkpoint()
+    return trainer.run(continue_training=args.c)
+
+
+def _int_fold(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"fold must be a number (0-4) or 'all', got {text!r}") from None
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    summary = run(args)
+    if summary:
+        m = summary.get("metrics", summary)
+        print(" ".join(f"{k} {m[k]:.4f}" for k in ("mAP", "mAR", "AP50", "AP75") if k in m))

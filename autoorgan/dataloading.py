@@ -1,0 +1,183 @@
+"""Whole-volume training data for Organ-DETR: preprocessed case -> fixed network input with label map and boxes.
+
+Every case is brought to the planned ``input_shape`` the same way in training and at inference
+(:func:`fit_to_input`): an axis longer than the input is scaled down to fit (trilinear image, nearest labels), a
+shorter one is padded with the case's minimum intensity (centred at inference, at a random offset in training).
+:class:`FitTransform` records that mapping, so boxes predicted in the input frame map back to the preprocessed case
+(``x_case = (x_input - offset) / scale``, per axis, edge coordinates).
+
+Training items are then augmented with batchgeneratorsv2 (rotation, scaling, noise, blur, brightness, contrast,
+gamma; no mirroring by default because organ labels are lateralised) and the boxes are computed **afterwards** from
+the augmented label map. Each item is a pure function of ``(seed, sample index)``, so a resumed run sees exactly the
+data the uninterrupted run would have seen, whatever the number of loader workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoorgan.boxes import boxes_from_label_map, voxel_to_normalized
+
+
+@dataclass(frozen=True)
+class FitTransform:
+    """``x_input = x_case * scale + offset`` per array axis (edge coordinates, voxels)."""
+
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+
+    def box_to_case(self, box: np.ndarray) -> np.ndarray:
+        """Voxel box(es) ``[..., 6]`` in the input frame -> the preprocessed case's frame."""
+        s, o = np.tile(self.scale, 2), np.tile(self.offset, 2)
+        return (np.asarray(box, np.float64) - o) / s
+
+    def box_to_input(self, box: np.ndarray) -> np.ndarray:
+        s, o = np.tile(self.scale, 2), np.tile(self.offset, 2)
+        return np.asarray(box, np.float64) * s + o
+
+
+def fit_to_input(image: torch.Tensor, labels: torch.Tensor | None, input_shape: tuple[int, ...],
+                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None, FitTransform]:
+    """``image [C, n0, n1, n2]`` float, ``labels [n0, n1, n2]`` int or None -> both at ``input_shape`` and the
+    mapping. ``rng`` given: random pad offsets (training); else centred."""
+    shape = np.asarray(image.shape[1:])
+    target = np.asarray(input_shape)
+    scale = np.minimum(1.0, target / shape)
+    if (scale < 1).any():
+        new = tuple(int(v) for v in np.minimum(target, np.round(shape * scale)))
+        image = F.interpolate(image[None], size=new, mode="trilinear", align_corners=False)[0]
+        if labels is not None:
+            labels = F.interpolate(labels[None, None].float(), size=new, mode="nearest-exact")[0, 0].to(labels.dtype)
+        scale = np.asarray(new) / shape
+    pad = target - np.asarray(image.shape[1:])
+    before = np.asarray([rng.integers(0, p + 1) for p in pad]) if rng is not None else pad // 2
+    if pad.any():
+        spec = []
+        for b, p in zip(before[::-1], pad[::-1]):
+            spec += [int(b), int(p - b)]
+        fill = image.amin(dim=(1, 2, 3))
+        image = torch.stack([F.pad(ch, spec, value=float(v)) for ch, v in zip(image, fill)])
+        if labels is not None:
+            labels = F.pad(labels, spec, value=0)
+    return image, labels, FitTransform(tuple(float(v) for v in scale), tuple(float(v) for v in before))
+
+
+def label_lookup(label_values: list[int]) -> np.ndarray:
+    """Lookup table: dataset label value -> class index (0 background, k = k-th foreground label in ascending
+    value order, i.e. organ class ``k - 1``)."""
+    lut = np.zeros(max(label_values, default=0) + 1, np.int64)
+    for k, v in enumerate(sorted(label_values), start=1):
+        lut[v] = k
+    return lut
+
+
+def training_transforms(input_shape: tuple[int, ...], mirror_axes: tuple[int, ...] = ()):
+    from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+    from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+    from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    angle = np.deg2rad(15)
+    transforms = [
+        SpatialTransform(tuple(input_shape), patch_center_dist_from_border=0, random_crop=False, p_rotation=0.2,
+                         rotation=(-angle, angle), p_scaling=0.2, scaling=(0.85, 1.15),
+                         p_synchronize_scaling_across_axes=1, mode_seg="nearest"),
+        RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.05), p_per_channel=1, synchronize_channels=True),
+                        apply_probability=0.1),
+        RandomTransform(MultiplicativeBrightnessTransform(multiplier_range=BGContrast((0.8, 1.2)),
+                                                          synchronize_channels=False, p_per_channel=1),
+                        apply_probability=0.15),
+        RandomTransform(ContrastTransform(contrast_range=BGContrast((0.8, 1.2)), preserve_range=True,
+                                          synchronize_channels=False, p_per_channel=1), apply_probability=0.15),
+        RandomTransform(GammaTransform(gamma=BGContrast((0.8, 1.25)), p_invert_image=0, synchronize_channels=False,
+                                       p_per_channel=1, p_retain_stats=1), apply_probability=0.2),
+    ]
+    if mirror_axes:
+        transforms.append(MirrorTransform(allowed_axes=tuple(mirror_axes)))
+    return ComposeTransforms(transforms)
+
+
+class WholeVolumeCases:
+    """Preprocessed cases of one fold part, served as fixed-shape network inputs.
+
+    ``item(identifier, seed, augment)`` -> dict with ``image [C, *input_shape]`` float32, ``labels [*input_shape]``
+    int64 class indices, ``boxes [K, 6]`` normalized boxes of the annotated organs present after augmentation,
+    ``classes [K]`` 0-based organ classes, ``annotated [M]`` bool, ``fit`` (:class:`FitTransform`) and ``case_id``.
+    """
+
+    def __init__(self, folder: Path, identifiers: list[str], input_shape: tuple[int, ...], label_values: list[int],
+                 mirror_axes: tuple[int, ...] = ()):
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+        self.folder, self.identifiers = Path(folder), list(identifiers)
+        self.dataset = nnUNetDatasetBlosc2(str(folder), self.identifiers)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.label_values = sorted(label_values)
+        self.lut = label_lookup(self.label_values)
+        self.transforms = training_transforms(self.input_shape, mirror_axes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_values)
+
+    def load(self, identifier: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        data, seg, _, props = self.dataset.load_case(identifier)
+        return np.asarray(data), np.asarray(seg), props
+
+    def item(self, identifier: str, seed: int | None = None, augment: bool = False) -> dict:
+        data, seg, props = self.load(identifier)
+        seg = np.clip(seg[0].astype(np.int64), 0, len(self.lut) - 1)
+        labels = torch.from_numpy(self.lut[seg])
+        image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        annotated = props["autoorgan"]["annotated_labels"]
+        ann = torch.tensor([v in annotated for v in self.label_values], dtype=torch.bool)
+        rng = np.random.default_rng(seed) if (augment and seed is not None) else None
+        image, labels, fit = fit_to_input(image, labels, self.input_shape, rng)
+        if augment:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed or 0))
+                state = np.random.get_state()
+                np.random.seed(int(seed or 0) % 2 ** 32)
+                try:
+                    out = self.transforms(image=image, segmentation=labels[None].to(torch.int16))
+                finally:
+                    np.random.set_state(state)
+            image, labels = out["image"], out["segmentation"][0].long()
+        boxes = boxes_from_label_map(labels.numpy(), labels=[k + 1 for k in range(self.num_classes) if ann[k]])
+        classes = sorted(boxes)
+        norm = voxel_to_normalized(np.asarray([boxes[c] for c in classes], np.float64).reshape(-1, 6),
+                                   self.input_shape)
+        return {"image": image.float().contiguous(), "labels": labels.long(),
+                "boxes": torch.as_tensor(norm, dtype=torch.float32),
+                "classes": torch.as_tensor([c - 1 for c in classes], dtype=torch.int64), "annotated": ann,
+                "fit": fit, "case_id": identifier}
+
+
+def collate(items: list[dict]) -> dict:
+    return {"image": torch.stack([i["image"] for i in items]), "labels": torch.stack([i["labels"] for i in items]),
+            "targets": [{"labels": i["classes"], "boxes": i["boxes"], "annotated": i["annotated"]} for i in items],
+            "fit": [i["fit"] for i in items], "case_id": [i["case_id"] for i in items]}
+
+
+class SampleStream(torch.utils.data.Dataset):
+    """Map-style dataset over global sample indices: sample ``g`` is case ``choice(seed, g)`` augmented with seed
+    ``(seed, g)``. Iterating ``range(start, stop)`` reproduces a run from any point."""
+
+    def __init__(self, cases: WholeVolumeCases, seed: int, start: int, stop: int):
+        self.cases, self.seed, self.start, self.stop = cases, int(seed), int(start), int(stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        g = self.start + i
+        rng = np.random.default_rng([self.seed, g])
+        ident = self.cases.identifiers[int(rng.integers(len(self.cases.identifiers)))]
+        return self.cases.item(ident, seed=int(rng.integers(2 ** 31)), augment=True)

@@ -1,0 +1,1 @@
+"""Evaluation: 3D detection metrics (autoorgan.evaluation.detection)."""

@@ -1,0 +1,1 @@
+"""Inference: network output -> organ boxes (detect), boxes -> original image frame and files (export)."""

@@ -1,0 +1,84 @@
+"""Organ-DETR's detection set loss: classification CE with a no-object weight, L1 + 3D GIoU on matched pairs,
+for the last decoder layer and every auxiliary layer (each matched on its own), plus the multi-scale segmentation
+loss (paper eq. 8: ``lambda_cls * L_cls + lambda_bbox * L_bbox + lambda_seg * L_seg``).
+
+Targets per batch item: ``labels [K]`` (0-based organ classes present and annotated), ``boxes [K, 6]`` normalized
+(autoorgan.boxes convention) and ``annotated [M]`` bool. **Partial annotation**: an organ that is not annotated in a
+case has no box, so it is never matched; and an unmatched query is trained towards "no-object *or* an unannotated
+organ" (the marginal probability), so predicting an unannotated organ is not penalised as background.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from autoorgan.boxes_torch import center_to_corners, generalized_box_iou
+from autoorgan.losses.segmentation import multiscale_seg_loss
+
+
+def classification_loss(logits: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]],
+                        targets: list[dict], no_object_weight: float) -> torch.Tensor:
+    """``logits [B, N, M + 1]``; weighted mean of per-query CE (matched queries weight 1, others
+    ``no_object_weight`` with the marginal no-object/unannotated target)."""
+    b, n, c = logits.shape
+    logits = logits.float()
+    log_z = torch.logsumexp(logits, -1)  # [B, N]
+    unknown = torch.stack([torch.cat([~t["annotated"].to(logits.device),
+                                      torch.ones(1, dtype=torch.bool, device=logits.device)]) for t in targets])
+    log_neg = torch.logsumexp(logits.masked_fill(~unknown[:, None, :], float("-inf")), -1) - log_z  # [B, N]
+    loss = -log_neg
+    weight = torch.full((b, n), no_object_weight, device=logits.device)
+    for i, ((q, t), tgt) in enumerate(zip(matches, targets)):
+        if len(q):
+            q = q.to(logits.device)
+            lab = tgt["labels"].to(logits.device)[t.to(logits.device)]
+            loss[i, q] = log_z[i, q] - logits[i, q, lab]
+            weight[i, q] = 1.0
+    return (loss * weight).sum() / weight.sum()
+
+
+def box_losses(boxes: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]], targets: list[dict]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean L1 and mean (1 - GIoU) over matched pairs; zeros (with gradient path) when nothing is matched."""
+    src = [boxes[i, q.to(boxes.device)] for i, (q, _) in enumerate(matches)]
+    tgt = [t["boxes"].to(boxes.device)[j.to(boxes.device)] for (_, j), t in zip(matches, targets)]
+    src_all, tgt_all = torch.cat(src).float(), torch.cat(tgt).float()
+    if len(src_all) == 0:
+        zero = boxes.sum() * 0
+        return zero, zero
+    l1 = F.l1_loss(src_all, tgt_all, reduction="none").sum(-1).mean()
+    giou = torch.diag(generalized_box_iou(center_to_corners(src_all), center_to_corners(tgt_all)))
+    return l1, (1 - giou).mean()
+
+
+class OrganDETRLoss:
+    """Call with the network output dict, target list and seg labels ``[B, n0, n1, n2]``; returns
+    ``(total, parts)`` where ``parts`` holds detached scalars for logging."""
+
+    def __init__(self, matcher, weights: dict, use_seg: bool = True, use_aux: bool = True):
+        self.matcher = matcher
+        self.w = {"cls": 2.0, "bbox_l1": 5.0, "giou": 2.0, "seg": 2.0, "no_object": 0.1, **weights}
+        self.use_seg, self.use_aux = use_seg, use_aux
+
+    def detection_terms(self, logits, boxes, targets):
+        matches = self.matcher(logits.detach(), boxes.detach(), targets)
+        cls = classification_loss(logits, matches, targets, self.w["no_object"])
+        l1, giou = box_losses(boxes, matches, targets)
+        return cls, l1, giou
+
+    def __call__(self, out: dict, targets: list[dict], seg_labels: torch.Tensor | None):
+        layers = [out] + (list(out["aux"]) if self.use_aux else [])
+        parts = {"cls": 0.0, "bbox_l1": 0.0, "giou": 0.0}
+        total = 0
+        for layer in layers:
+            cls, l1, giou = self.detection_terms(layer["logits"], layer["boxes"], targets)
+            total = total + self.w["cls"] * cls + self.w["bbox_l1"] * l1 + self.w["giou"] * giou
+            if layer is out:
+                parts.update(cls=cls.item(), bbox_l1=l1.item(), giou=giou.item())
+        if self.use_seg and seg_labels is not None and out.get("seg"):
+            annotated = torch.stack([t["annotated"] for t in targets]).to(seg_labels.device)
+            seg = multiscale_seg_loss(out["seg"], seg_labels, annotated)
+            total = total + self.w["seg"] * seg
+            parts["seg"] = seg.item()
+        parts["total"] = total.item()
+        return total, parts

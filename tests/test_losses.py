@@ -1,0 +1,102 @@
+"""Losses: partial annotation never counts an unannotated organ as background; full annotation = usual CE + Dice."""
+import torch
+import torch.nn.functional as F
+
+from autoorgan.losses.detection import OrganDETRLoss, box_losses, classification_loss
+from autoorgan.losses.segmentation import downsample_onehot, partial_ce_dice
+from autoorgan.matching import DenseQueryMatcher, HungarianMatcher
+
+
+def _seg_case(seed=0, m=3):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, m + 1, (2, 4, 6, 8), generator=g)
+    logits = torch.randn(2, m + 1, 4, 6, 8, generator=g)
+    return logits, labels
+
+
+def test_full_annotation_reduces_to_cross_entropy_plus_dice():
+    logits, labels = _seg_case()
+    target = downsample_onehot(labels, 4, (4, 6, 8))
+    ann = torch.ones(2, 3, dtype=torch.bool)
+    loss = partial_ce_dice(logits, target, ann)
+    p = logits.softmax(1)[:, 1:]
+    t = target[:, 1:]
+    dice = (2 * (p * t).sum((2, 3, 4)) + 1e-5) / (p.sum((2, 3, 4)) + t.sum((2, 3, 4)) + 1e-5)
+    assert torch.allclose(loss, F.cross_entropy(logits, labels) - dice.mean(), atol=1e-5)
+
+
+def test_unannotated_class_is_not_background_in_the_segmentation_loss():
+    logits, labels = _seg_case()
+    labels[labels == 2] = 0  # class index 2 (organ class 1) not annotated: its voxels read as 0
+    target = downsample_onehot(labels, 4, (4, 6, 8))
+    ann = torch.tensor([[True, False, True]] * 2)
+    logits.requires_grad_(True)
+    loss = partial_ce_dice(logits, target, ann)
+    # moving probability between background and the unannotated organ changes nothing ...
+    swapped = logits.detach().clone()
+    swapped[:, [0, 2]] = swapped[:, [2, 0]]
+    assert torch.allclose(partial_ce_dice(swapped, target, ann), loss, atol=1e-6)
+    # ... while doing so with an annotated organ does
+    swapped = logits.detach().clone()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    assert not torch.allclose(partial_ce_dice(swapped, target, ann), loss, atol=1e-3)
+    # and where the background is labelled, no gradient pushes the unannotated organ's logit against background
+    loss.backward()
+    bg = target[:, 0] > 0.99
+    g_bg, g_un = logits.grad[:, 0][bg], logits.grad[:, 2][bg]
+    assert torch.allclose(g_bg * torch.softmax(logits.detach(), 1)[:, 2][bg],
+                          g_un * torch.softmax(logits.detach(), 1)[:, 0][bg], atol=1e-7)
+
+
+def test_downsampled_targets_are_voxel_fractions():
+    labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    labels[0, 0, 0, 0] = 1
+    t = downsample_onehot(labels, 2, (2, 2, 2))
+    assert torch.isclose(t[0, 1, 0, 0, 0], torch.tensor(1 / 8)) and torch.allclose(t.sum(1), torch.ones(1, 2, 2, 2))
+
+
+def _targets(annotated):
+    return [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.2, 0.3, 0.4]]),
+             "annotated": torch.tensor(annotated)}]
+
+
+def test_unmatched_query_predicting_an_unannotated_organ_is_not_penalised():
+    logits = torch.zeros(1, 3, 4)  # 3 queries, M = 3 organs + no-object
+    logits[0, 0, 0] = 5  # query 0 predicts organ 0 (matched)
+    matches = [(torch.tensor([0]), torch.tensor([0]))]
+    no_obj = logits.clone()
+    no_obj[0, 1, 3] = 8  # query 1: no-object
+    unannotated = logits.clone()
+    unannotated[0, 1, 2] = 8  # query 1: organ 2, not annotated in this case
+    annotated_other = logits.clone()
+    annotated_other[0, 1, 1] = 8  # query 1: organ 1, annotated but absent -> a false positive
+    t = _targets([True, True, False])
+    a = classification_loss(no_obj, matches, t, 0.1)
+    b = classification_loss(unannotated, matches, t, 0.1)
+    c = classification_loss(annotated_other, matches, t, 0.1)
+    assert torch.isclose(a, b, atol=1e-4) and c > a + 0.1
+
+
+def test_box_losses_zero_for_perfect_boxes_and_no_matches():
+    t = _targets([True, True, True])
+    boxes = t[0]["boxes"][None].repeat(1, 2, 1)
+    l1, giou = box_losses(boxes, [(torch.tensor([1]), torch.tensor([0]))], t)
+    assert l1.abs() < 1e-6 and giou.abs() < 1e-6
+    empty = torch.zeros(0, dtype=torch.int64)
+    l1, giou = box_losses(boxes.requires_grad_(True), [(empty, empty)], t)
+    assert l1 == 0 and giou == 0 and l1.requires_grad
+
+
+def test_full_loss_runs_with_aux_layers_and_empty_targets():
+    torch.manual_seed(0)
+    out = {"logits": torch.randn(2, 20, 4, requires_grad=True), "boxes": torch.rand(2, 20, 6) * 0.5 + 0.25,
+           "aux": [{"logits": torch.randn(2, 20, 4), "boxes": torch.rand(2, 20, 6) * 0.5 + 0.25}],
+           "seg": [torch.randn(2, 4, 2, 2, 2, requires_grad=True)]}
+    targets = _targets([True, True, False]) + [{"labels": torch.zeros(0, dtype=torch.int64),
+                                                "boxes": torch.zeros(0, 6), "annotated": torch.ones(3, dtype=bool)}]
+    for matcher in (HungarianMatcher(), DenseQueryMatcher(0.2, 10)):
+        loss = OrganDETRLoss(matcher, {})
+        total, parts = loss(out, targets, torch.zeros(2, 8, 8, 8, dtype=torch.long))
+        total.backward()
+        assert torch.isfinite(total) and set(parts) >= {"cls", "bbox_l1", "giou", "seg", "total"}
+        assert out["logits"].grad is not None and out["seg"][0].grad is not None
