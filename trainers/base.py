@@ -304,7 +304,7 @@ class TrainerBase:
         return self.validate(final=True)
 
     def train_epoch(self) -> None:
-        e, n_it, b = self.epoch, self.opt.iters_per_epoch, self.batch_size
+        e, n_it = self.epoch, self.opt.iters_per_epoch
         loader = self.training_loader()
         loader.batch_sampler.epoch = e
         self.network.train()

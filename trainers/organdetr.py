@@ -9,7 +9,6 @@ ablations land in their own results folders.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from autoorgan.dataloading import SampleStream, WholeVolumeCases, collate
 from autoorgan.dataset.raw import foreground_labels

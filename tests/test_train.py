@@ -1,0 +1,156 @@
+"""autoorgan_train on a small phantom: learning check, exact resume after kill -9, torchrun (gloo), bad input.
+
+One phantom is planned and preprocessed per module with a tiny CPU plan (edited plans: the user-facing way to
+override a planned number).
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+DATASET = "Dataset910_Phantom"
+
+
+def _env(roots):
+    env = dict(os.environ)
+    env.update({f"autoorgan_{k}": str(v) for k, v in roots.items()})
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained_roots(tmp_path_factory):
+    """Raw/preprocessed/results roots with a 16-case phantom, planned for the CPU and shrunk to a tiny network."""
+    from autoorgan.dataset.phantom import write_phantom_dataset
+    base = tmp_path_factory.mktemp("train")
+    roots = {k: base / k for k in ("raw", "preprocessed", "results")}
+    write_phantom_dataset(roots["raw"], 910, num_cases=16, num_test=0, spacing_scale=1.6, progress=False)
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "910", "-c", "organdetr", "-device", "cpu", "-np", "2",
+                  "--quiet", env_roots=roots)
+    assert res.returncode == 0, res.stderr
+    plans_path = roots["preprocessed"] / DATASET / "autoorganPlans.json"
+    plans = json.loads(plans_path.read_text())
+    cfg = plans["configurations"]["organdetr"]
+    cfg["architecture"]["arch_kwargs"].update(backbone_widths=[8, 16, 32, 64, 64], hidden_dim=32, num_heads=4,
+                                              decoder_layers=2, msa_depth=1, msa_dropout=0.0)
+    plans_path.write_text(json.dumps(plans))
+    return roots
+
+
+def _train(roots, *args, timeout=900):
+    return run_cli("autoorgan_train", "910", "organdetr", *args, env_roots=roots, timeout=timeout)
+
+
+def _fold(roots, trainer="OrganDETRTrainer", fold="all"):
+    return roots["results"] / DATASET / f"{trainer}__autoorganPlans__organdetr" / f"fold_{fold}"
+
+
+def _untrained_ap50(roots, monkeypatch):
+    from autoorgan.trainers.base import TrainOptions
+    from autoorgan.trainers.organdetr import OrganDETRTrainer
+    for kind, path in roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    trainer = OrganDETRTrainer(DATASET, "all", TrainOptions(), "cpu", trainer_name="Untrained")
+    trainer.initialize()
+    return trainer.validate()["AP50"]
+
+
+def test_learning_check_reaches_map50(trained_roots, monkeypatch):
+    """A fixed number of iterations on the CPU must give validation AP50 that an untrained network cannot."""
+    res = _train(trained_roots, "all", "-device", "cpu", "--epochs", "16", "--iters_per_epoch", "25",
+                 "--val_every", "100", "--lr", "2e-3", "--warmup_iters", "20", "-num_workers", "1",
+                 "-tr", "LearningCheck")
+    assert res.returncode == 0, res.stderr[-3000:]
+    fold = _fold(trained_roots, "LearningCheck")
+    summary = json.loads((fold / "validation" / "summary.json").read_text())["metrics"]
+    untrained = _untrained_ap50(trained_roots, monkeypatch)
+    assert untrained < 0.02, untrained
+    assert summary["AP50"] >= 0.2, summary
+    assert summary["AP10"] >= summary["AP50"] >= summary["AP75"]
+    for name in ("checkpoint_final.pth", "progress.png", "training_log.txt", "trainer_options.json"):
+        assert (fold / name).is_file(), name
+    assert not (fold / "checkpoint_latest.pth").exists()
+    assert (fold.parent / "plans.json").is_file() and (fold.parent / "dataset.json").is_file()
+    # per-case boxes in the original image frame with world coordinates
+    case = json.loads(next((fold / "validation").glob("*_boxes.json")).read_text())
+    assert len(case["organs"]) == 7 and "world" in case["organs"][0] and case["geometry"]["spacing_itk_order"]
+
+
+def _history(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["history"]
+
+
+def test_kill_9_then_continue_reproduces_the_uninterrupted_run(trained_roots):
+    common = ["0", "-device", "cpu", "--epochs", "4", "--iters_per_epoch", "3", "--val_every", "2",
+              "-num_workers", "0"]
+    ref = _train(trained_roots, *common, "-tr", "Uninterrupted")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    fold = _fold(trained_roots, "Interrupted", 0)
+    exe = Path(sys.executable).with_name("autoorgan_train")
+    proc = subprocess.Popen([str(exe), "910", "organdetr", *common, "-tr", "Interrupted"], env=_env(trained_roots),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (fold / "checkpoint_latest.pth").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = fold / "checkpoint_latest.pth"
+    assert latest.is_file(), "the run ended before it could be killed"
+    done = torch.load(latest, map_location="cpu", weights_only=False)["epoch"]
+    assert 1 <= done < 4
+    again = _train(trained_roots, *common, "-tr", "Interrupted")
+    assert again.returncode == 2 and "--c" in again.stderr  # no silent overwrite
+    cont = _train(trained_roots, *common, "-tr", "Interrupted", "--c")
+    assert cont.returncode == 0, cont.stderr[-3000:]
+    a = _history(_fold(trained_roots, "Uninterrupted", 0) / "checkpoint_final.pth")
+    b = _history(fold / "checkpoint_final.pth")
+    assert len(a["train_loss"]) == len(b["train_loss"]) == 4
+    for ea, eb in zip(a["train_loss"], b["train_loss"]):
+        assert ea["total"] == pytest.approx(eb["total"], rel=1e-5, abs=1e-6)
+    assert a["val_metric"] == pytest.approx(b["val_metric"], abs=1e-6)
+    assert not list(fold.glob(".*.tmp*"))
+
+
+def test_torchrun_two_processes_gloo(trained_roots):
+    exe = Path(sys.executable).with_name("autoorgan_train")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(exe), "910",
+           "organdetr", "0", "-device", "cpu", "--epochs", "1", "--iters_per_epoch", "2", "-num_workers", "0",
+           "-tr", "DDP"]
+    env = _env(trained_roots)
+    env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    fold = _fold(trained_roots, "DDP", 0)
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert "2 process(es)" in (fold / "training_log.txt").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("organdetr", "7"), "fold 7 does not exist"),
+    (("segformer", "0"), "no trainer for configuration"),
+    (("organdetr", "x"), "fold must be a number"),
+])
+def test_bad_arguments_give_one_line_errors(trained_roots, args, message):
+    res = run_cli("autoorgan_train", "910", *args, "-device", "cpu", env_roots=trained_roots)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_missing_preprocessing_and_changed_options(trained_roots, tmp_path):
+    roots = dict(trained_roots, preprocessed=tmp_path / "empty")
+    res = run_cli("autoorgan_train", "910", "organdetr", "0", "-device", "cpu", env_roots=roots)
+    assert res.returncode == 2 and "autoorgan_plan_and_preprocess" in res.stderr
+    fold = _fold(trained_roots, "Options", 0)
+    fold.mkdir(parents=True)
+    (fold / "trainer_options.json").write_text(json.dumps({"lr": 1.0}))
+    res = _train(trained_roots, "0", "-device", "cpu", "--c", "-tr", "Options")
+    assert res.returncode == 2 and "other options" in res.stderr
+    shutil.rmtree(fold)
