@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,33 @@ def test_missing_preprocessing_and_changed_options(trained_roots, tmp_path):
     res = _train(trained_roots, "0", "-device", "cpu", "--c", "-tr", "Options")
     assert res.returncode == 2 and "other options" in res.stderr
     shutil.rmtree(fold)
+
+
+def test_preprocessed_boxes_map_back_to_the_raw_label_boxes(trained_roots):
+    """Crop, resampling and transpose undone: the stored box of every organ lands on the raw label map's box."""
+    import pickle
+
+    import blosc2
+    import SimpleITK as sitk
+
+    from autoorgan.boxes import boxes_from_label_map
+    from autoorgan.inference.export import geometry_from_props, preprocessed_to_original
+
+    pre = trained_roots["preprocessed"] / DATASET
+    plans = json.loads((pre / "autoorganPlans.json").read_text())
+    folder = pre / plans["configurations"]["organdetr"]["data_identifier"]
+    spacing = np.asarray(plans["configurations"]["organdetr"]["spacing"])
+    checked = 0
+    for pkl in sorted(folder.glob("*.pkl"))[:6]:
+        props = pickle.load(open(pkl, "rb"))
+        img = sitk.ReadImage(str(trained_roots["raw"] / DATASET / "labelsTr" / f"{pkl.stem}.nii.gz"))
+        raw_boxes = boxes_from_label_map(sitk.GetArrayFromImage(img))
+        shape = blosc2.open(str(folder / f"{pkl.stem}.b2nd"), mode="r").shape[1:]
+        geo = geometry_from_props(props, plans["transpose_backward"])
+        assert geo.shape == img.GetSize()[::-1] and np.allclose(geo.direction, img.GetDirection())
+        for label, box in props["autoorgan"]["boxes"].items():
+            back = preprocessed_to_original(np.asarray(box, float), props, shape, plans["transpose_backward"])
+            tol = np.tile(spacing[plans["transpose_backward"]] / np.asarray(img.GetSpacing())[::-1], 2) + 1
+            assert (np.abs(back - raw_boxes[label]) <= tol).all(), (pkl.stem, label, back, raw_boxes[label])
+            checked += 1
+    assert checked >= 30
