@@ -185,3 +185,13 @@ def test_preprocessed_boxes_map_back_to_the_raw_label_boxes(trained_roots):
             assert (np.abs(back - raw_boxes[label]) <= tol).all(), (pkl.stem, label, back, raw_boxes[label])
             checked += 1
     assert checked >= 30
+
+
+def test_demo_runs_end_to_end_and_reuses_its_results(tmp_path):
+    roots = {k: tmp_path / k for k in ("raw", "preprocessed", "results")}
+    args = ("-d", "920", "--cases", "6", "--epochs", "1", "--iters_per_epoch", "2", "-np", "1")
+    first = run_cli("autoorgan_demo", *args, env_roots=roots)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "validation (fold 0): mAP" in first.stdout
+    again = run_cli("autoorgan_demo", *args, env_roots=roots)
+    assert again.returncode == 0 and "reusing it" in again.stdout and "validation (fold 0): mAP" in again.stdout

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         targs.c = (fold_dir / "checkpoint_latest.pth").is_file()
         summary = train.run(targs)
-    m = summary["metrics"]
+    m = summary.get("metrics", summary)
     print(f"validation (fold 0): mAP {m['mAP']:.3f}, AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f}, mAR {m['mAR']:.3f}")
     print(f"model, progress.png and per-case boxes: {fold_dir}")
     print("prediction on new scans (autoorgan_predict) is the next milestone (docs/status.md)", file=sys.stderr)
