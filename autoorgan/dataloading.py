@@ -167,17 +167,16 @@ def collate(items: list[dict]) -> dict:
 
 
 class SampleStream(torch.utils.data.Dataset):
-    """Map-style dataset over global sample indices: sample ``g`` is case ``choice(seed, g)`` augmented with seed
-    ``(seed, g)``. Iterating ``range(start, stop)`` reproduces a run from any point."""
+    """Map-style dataset over the ``num_samples`` global sample indices of a run: sample ``g`` is case
+    ``choice(seed, g)`` augmented with seed ``(seed, g)``, so any part of a run can be reproduced."""
 
-    def __init__(self, cases: WholeVolumeCases, seed: int, start: int, stop: int):
-        self.cases, self.seed, self.start, self.stop = cases, int(seed), int(start), int(stop)
+    def __init__(self, cases: WholeVolumeCases, seed: int, num_samples: int):
+        self.cases, self.seed, self.num_samples = cases, int(seed), int(num_samples)
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return self.num_samples
 
-    def __getitem__(self, i: int) -> dict:
-        g = self.start + i
+    def __getitem__(self, g: int) -> dict:
         rng = np.random.default_rng([self.seed, g])
         ident = self.cases.identifiers[int(rng.integers(len(self.cases.identifiers)))]
         return self.cases.item(ident, seed=int(rng.integers(2 ** 31)), augment=True)

@@ -32,13 +32,18 @@ def roots(tmp_path, monkeypatch):
     return out
 
 
+def cli_env(env_roots: dict | None = None) -> dict:
+    """This process's environment with the data roots ``{raw|preprocessed|results: path}`` set."""
+    env = dict(os.environ)
+    env.update({f"autoorgan_{k}": str(v) for k, v in (env_roots or {}).items()})
+    return env
+
+
 def run_cli(name: str, *args: str, env_roots: dict | None = None, timeout: int = 600):
     """Run an installed console script as a user would; returns CompletedProcess (text)."""
-    env = dict(os.environ)
-    if env_roots:
-        env.update({f"autoorgan_{k}": str(v) for k, v in env_roots.items()})
     exe = Path(sys.executable).with_name(name)  # console scripts of the installed package
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=cli_env(env_roots),
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,17 @@ def _encoder(**kw):
     return enc.eval()
 
 
+def _run_with_change(enc, level, scale=3.0):
+    """Outputs for the maps and for the maps with random noise added to ``level`` (not a constant: LayerNorm
+    removes that)."""
+    maps = _maps()
+    with torch.no_grad():
+        base = enc(maps)
+        changed = [m.clone() for m in maps]
+        changed[level] += scale * torch.randn_like(changed[level])
+        return base, enc(changed)
+
+
 def test_window_partition_roundtrip_with_padding():
     x = torch.randn(2, 3, 5, 6, 7)
     w, grid = window_partition(x, 2)
@@ -67,23 +78,12 @@ def test_flow_goes_through_the_cross_attention():
             for layer in block:
                 for attn in layer.cross_attn:
                     attn.attn.out_proj.weight.zero_()
-    maps = _maps()
-    with torch.no_grad():
-        base = enc(maps)
-        changed = [m.clone() for m in maps]
-        changed[0] += 3 * torch.randn_like(changed[0])
-        out = enc(changed)
+    base, out = _run_with_change(enc, 0)
     assert torch.allclose(out[1], base[1]) and torch.allclose(out[2], base[2])
 
 
 def test_lower_level_change_does_not_reach_higher_levels():
-    enc = _encoder()
-    maps = _maps()
-    with torch.no_grad():
-        base = enc(maps)
-        changed = [m.clone() for m in maps]
-        changed[2] += 3 * torch.randn_like(changed[2])
-        out = enc(changed)
+    base, out = _run_with_change(_encoder(), 2)
     assert torch.allclose(out[0], base[0]) and torch.allclose(out[1], base[1])
     assert not torch.allclose(out[2], base[2])
 

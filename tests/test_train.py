@@ -4,7 +4,6 @@ One phantom is planned and preprocessed per module with a tiny CPU plan (edited 
 override a planned number).
 """
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,15 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 DATASET = "Dataset910_Phantom"
-
-
-def _env(roots):
-    env = dict(os.environ)
-    env.update({f"autoorgan_{k}": str(v) for k, v in roots.items()})
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +89,7 @@ def test_kill_9_then_continue_reproduces_the_uninterrupted_run(trained_roots):
     assert ref.returncode == 0, ref.stderr[-3000:]
     fold = _fold(trained_roots, "Interrupted", 0)
     exe = Path(sys.executable).with_name("autoorgan_train")
-    proc = subprocess.Popen([str(exe), "910", "organdetr", *common, "-tr", "Interrupted"], env=_env(trained_roots),
+    proc = subprocess.Popen([str(exe), "910", "organdetr", *common, "-tr", "Interrupted"], env=cli_env(trained_roots),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (fold / "checkpoint_latest.pth").is_file() and time.time() < deadline and proc.poll() is None:
@@ -125,7 +118,7 @@ def test_torchrun_two_processes_gloo(trained_roots):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(exe), "910",
            "organdetr", "0", "-device", "cpu", "--epochs", "1", "--iters_per_epoch", "2", "-num_workers", "0",
            "-tr", "DDP"]
-    env = _env(trained_roots)
+    env = cli_env(trained_roots)
     env["OMP_NUM_THREADS"] = "1"
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -3,7 +3,7 @@
 The base owns what every configuration needs and nothing more: folders, folds, the epoch/iteration loop, the
 optimizer (AdamW) and learning-rate schedule (linear warm-up, cosine decay), checkpoints, exact resume, logging,
 ``progress.png``, the device and DistributedDataParallel. A configuration subclass supplies four hooks:
-``build_network()``, ``build_loss()``, ``make_training_stream(start, stop)`` and ``validate(final)``.
+``build_network()``, ``build_loss()``, ``make_training_stream(num_samples)`` and ``validate(final)``.
 
 Results folder (nnU-Net layout)::
 
@@ -110,6 +110,11 @@ class TrainerBase:
     configuration: str = ""
     best_metric_key: str = "mAP"
 
+    @classmethod
+    def model_folder_for(cls, dataset_name: str, trainer_name: str, plans_name: str = PLANS_NAME) -> Path:
+        """``$autoorgan_results/DatasetXXX/<trainer>__<plans>__<configuration>`` (nnU-Net's layout)."""
+        return results_root() / dataset_name / f"{trainer_name}__{plans_name}__{cls.configuration}"
+
     def __init__(self, dataset_name: str, fold: int | str, options: TrainOptions, device: str = "cpu",
                  trainer_name: str | None = None, plans_name: str = PLANS_NAME):
         self.dataset_name, self.fold, self.opt = dataset_name, fold, options
@@ -123,7 +128,7 @@ class TrainerBase:
         self.cfg = get_configuration(self.plans, self.configuration)
         self.dataset_json = load_json(self.pre_folder / "dataset.json")
         self.trainer_name = trainer_name or self.default_trainer_name()
-        self.model_folder = results_root() / dataset_name / f"{self.trainer_name}__{plans_name}__{self.configuration}"
+        self.model_folder = self.model_folder_for(dataset_name, self.trainer_name, plans_name)
         self.output_folder = self.model_folder / f"fold_{fold}"
         self.data_folder = self.pre_folder / self.cfg["data_identifier"]
         if not self.data_folder.is_dir() or not any(self.data_folder.glob("*.pkl")):
@@ -150,8 +155,8 @@ class TrainerBase:
     def build_loss(self):
         raise NotImplementedError
 
-    def make_training_stream(self, start: int, stop: int) -> torch.utils.data.Dataset:
-        """Samples with global indices ``start .. stop - 1`` (each a pure function of seed and index)."""
+    def make_training_stream(self, num_samples: int) -> torch.utils.data.Dataset:
+        """The run's samples by global index ``0 .. num_samples - 1`` (each a pure function of seed and index)."""
         raise NotImplementedError
 
     def training_loader(self) -> torch.utils.data.DataLoader:
@@ -161,7 +166,7 @@ class TrainerBase:
             sampler = EpochBatches(self.opt.iters_per_epoch, self.batch_size, self.rank, self.world)
             workers = self.opt.num_workers
             self._loader = torch.utils.data.DataLoader(
-                self.make_training_stream(0, total), batch_sampler=sampler, num_workers=workers,
+                self.make_training_stream(total), batch_sampler=sampler, num_workers=workers,
                 collate_fn=type(self).collate_fn, persistent_workers=workers > 0,
                 multiprocessing_context="spawn" if workers > 0 else None, prefetch_factor=2 if workers else None)
         return self._loader
@@ -284,12 +289,14 @@ class TrainerBase:
         self.log(f"training {self.trainer_name} {self.configuration} fold {self.fold}: {len(self.train_ids)} train / "
                  f"{len(self.val_ids)} val cases, batch {self.batch_size}, {self.opt.epochs} epochs x "
                  f"{self.opt.iters_per_epoch} iterations, device {self.device}, {self.world} process(es)")
+        summary = {}
         while self.epoch < self.opt.epochs:
-            self.train_epoch()
+            summary = self.train_epoch() or summary
         if self.is_main:
             atomic_torch_save(self.checkpoint_state(), final)
             latest.unlink(missing_ok=True)
-        summary = self.validate(final=True) if self.is_main else {}
+            if not summary:  # nothing left to train (a finished run continued): validate the final model now
+                summary = self.validate(final=True)
         if self.distributed:
             torch.distributed.barrier()
         return summary
@@ -303,7 +310,8 @@ class TrainerBase:
         self.load_checkpoint(path)
         return self.validate(final=True)
 
-    def train_epoch(self) -> None:
+    def train_epoch(self) -> dict:
+        """One epoch; returns the final validation metrics after the last epoch (else an empty dict)."""
         e, n_it = self.epoch, self.opt.iters_per_epoch
         loader = self.training_loader()
         loader.batch_sampler.epoch = e
@@ -333,8 +341,10 @@ class TrainerBase:
         msg = (f"epoch {self.epoch}/{self.opt.epochs} loss {mean['total']:.4f} (" +
                ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "total") +
                f") lr {self.history['lr'][-1]:.2e} {time.time() - t0:.1f} s")
-        if self.is_main and (self.epoch % self.opt.val_every == 0 or self.epoch == self.opt.epochs):
-            metrics = self.validate(final=False)
+        last = self.epoch == self.opt.epochs
+        metrics = {}
+        if self.is_main and (self.epoch % self.opt.val_every == 0 or last):
+            metrics = self.validate(final=last)  # the last epoch's validation is the final one (written once)
             value = metrics[self.best_metric_key]
             self.history["val_epoch"].append(self.epoch)
             self.history["val_metric"].append(value)
@@ -349,6 +359,7 @@ class TrainerBase:
             self.plot_progress()
         if self.distributed:
             torch.distributed.barrier()
+        return metrics if last else {}
 
     def plot_progress(self) -> None:
         """``progress.png``: losses, validation metric and learning rate per epoch."""

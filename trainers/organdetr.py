@@ -16,8 +16,7 @@ from autoorgan.errors import UserError
 from autoorgan.evaluation.detection import CaseDetections, detection_metrics
 from autoorgan.fileio import write_json_atomic
 from autoorgan.inference.detect import detect_case
-from autoorgan.inference.export import case_box_record, geometry_from_props, preprocessed_to_original, \
-    write_case_boxes
+from autoorgan.inference.export import case_box_record, geometry_from_props, preprocessed_to_original
 from autoorgan.losses.detection import OrganDETRLoss
 from autoorgan.matching import DenseQueryMatcher, HungarianMatcher
 from autoorgan.networks.organdetr import OrganDETR
@@ -66,8 +65,8 @@ class OrganDETRTrainer(TrainerBase):
             matcher = HungarianMatcher(**costs)
         return OrganDETRLoss(matcher, w, use_seg=bool(self.opt.extra["seg_loss"]))
 
-    def make_training_stream(self, start: int, stop: int):
-        return SampleStream(self.train_cases, self.opt.seed, start, stop)
+    def make_training_stream(self, num_samples: int):
+        return SampleStream(self.train_cases, self.opt.seed, num_samples)
 
     collate_fn = staticmethod(collate)
 
@@ -116,8 +115,8 @@ class OrganDETRTrainer(TrainerBase):
         for ident, pred, props, shape in preds:
             organs = {self.label_values[k]: (preprocessed_to_original(box, props, shape, tb), score)
                       for k, (box, score) in pred.items()}
-            write_case_boxes(folder / f"{ident}_boxes.json",
-                             case_box_record(ident, organs, names, geometry_from_props(props, tb)))
+            write_json_atomic(case_box_record(ident, organs, names, geometry_from_props(props, tb)),
+                              folder / f"{ident}_boxes.json")
         summary = {"metrics": metrics, "matcher": self.matcher_name, "checkpoint": "final",
                    "frame": "boxes compared in the preprocessed array (IoU is preserved by crop, resampling and "
                             "transpose); CASE_boxes.json files are in the original image frame",

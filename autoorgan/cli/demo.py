@@ -6,7 +6,7 @@ import json
 import sys
 
 from autoorgan.errors import cli_entry
-from autoorgan.paths import preprocessed_root, raw_root, results_root
+from autoorgan.paths import preprocessed_root, raw_root
 
 
 @cli_entry
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
                                              "--iters_per_epoch", str(args.iters_per_epoch), "--lr", "1e-3",
                                              "--val_every", "5", "--warmup_iters", "50"])
     trainer_cls = train.trainer_class("organdetr")
-    fold_dir = results_root() / name / f"{trainer_cls.__name__}__autoorganPlans__organdetr" / "fold_0"
+    fold_dir = trainer_cls.model_folder_for(name, trainer_cls.__name__) / "fold_0"
     if (fold_dir / "checkpoint_final.pth").is_file():
         print(f"trained model found in {fold_dir}; reusing it (delete the folder to train again)")
         summary = json.loads((fold_dir / "validation" / "summary.json").read_text())

@@ -70,7 +70,7 @@ def class_ious(cases: list[CaseDetections], cls: int) -> tuple[np.ndarray, np.nd
 
 def detection_metrics(cases: list[CaseDetections], classes: dict[int, str]) -> dict:
     """Metrics over ``cases`` for ``classes`` ``{class id: name}``; see the module docstring."""
-    thresholds = np.unique(np.concatenate([COCO_IOUS, NNDET_IOUS, [0.1]]))
+    thresholds = np.unique(np.concatenate([COCO_IOUS, NNDET_IOUS]))  # includes 0.1
     ap = np.full((len(classes), len(thresholds)), np.nan)
     rec = np.full_like(ap, np.nan)
     n_refs = {}

@@ -6,7 +6,7 @@ scaling each axis by ``shape_after_cropping / shape_preprocessed``, adding the c
 with ``transpose_backward``. Axis-aligned boxes stay axis-aligned through all three steps, so 3D IoU is the same
 in every frame up to resampling round-off.
 
-``CASE_boxes.json`` (written atomically)::
+``CASE_boxes.json`` (:func:`case_box_record`; callers write it with ``write_json_atomic``)::
 
     {"case_id": ..., "box_convention": "...", "geometry": {shape_array_order, spacing_itk_order, origin_lps_mm,
      direction_itk}, "organs": [{"name", "label", "score", "box_voxel": [lo0, lo1, lo2, hi0, hi1, hi2],
@@ -14,12 +14,9 @@ in every frame up to resampling round-off.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from autoorgan.boxes import Geometry, box_to_world
-from autoorgan.fileio import write_json_atomic
 
 BOX_CONVENTION = ("box_voxel: array axis order (reverse of ITK's i,j,k), edge coordinates, voxel n spans [n, n+1), "
                   "hi exclusive; world: LPS mm as ITK (docs/conventions.md)")
@@ -61,7 +58,3 @@ def case_box_record(case_id: str, organs: dict[int, tuple[np.ndarray, float]], l
         rows.append(row)
     return {"case_id": case_id, "box_convention": BOX_CONVENTION,
             "geometry": geometry.to_json() if geometry is not None else None, "organs": rows}
-
-
-def write_case_boxes(path: Path, record: dict) -> None:
-    write_json_atomic(record, Path(path))
