@@ -51,30 +51,52 @@ def preprocess_case_arrays(data: np.ndarray, seg: np.ndarray | None, properties:
     return _preprocess(data, seg, properties, pm, cm, dataset_json, case_id)
 
 
-def _preprocess(data, seg, properties, pm, cm, dataset_json: Mapping, case_id: str):
+def preprocess_for_inference(data: np.ndarray, properties: dict, plans: dict, configuration: str,
+                             dataset_json: Mapping) -> tuple[np.ndarray, dict]:
+    """The image half of :func:`preprocess_case_arrays` for prediction: no label map is made or resampled, and
+    ``data`` (float32 ``[C, n0, n1, n2]`` from a reader) is normalized in place to keep memory near one copy of the
+    scan. Returns ``(preprocessed data [C, ...] float32, properties)`` with the crop/shape keys the export needs."""
+    pm, cm = _managers(plans, configuration)
+    out, _, props = _preprocess(data, None, properties, pm, cm, dataset_json, "", inference=True)
+    return out, props
+
+
+def _preprocess(data, seg, properties, pm, cm, dataset_json: Mapping, case_id: str, inference: bool = False):
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
+    from autoorgan.resampling import resample_image
+
     tf = pm.transpose_forward
-    data = data.astype(np.float32).transpose([0, *[i + 1 for i in tf]])
-    seg = np.zeros((1, *data.shape[1:]), np.int16) if seg is None else \
-        np.asarray(seg).astype(np.int16).transpose([0, *[i + 1 for i in tf]])
+    data = data.astype(np.float32, copy=not inference).transpose([0, *[i + 1 for i in tf]])
+    if not inference:
+        seg = np.zeros((1, *data.shape[1:]), np.int16) if seg is None else \
+            np.asarray(seg).astype(np.int16).transpose([0, *[i + 1 for i in tf]])
     spacing = [properties["spacing"][i] for i in tf]
     properties["shape_before_cropping"] = data.shape[1:]
     ct = [int(c) for c, n in dataset_json["channel_names"].items() if is_ct_channel(n)]
     mask = body_mask(data, ct)
     box = mask_bbox(mask)
     slicer = tuple(slice(lo, hi) for lo, hi in zip(box[:3], box[3:]))
-    data, seg, mask = data[(slice(None), *slicer)], seg[(slice(None), *slicer)], mask[slicer]
+    data, mask = data[(slice(None), *slicer)], mask[slicer]
     properties["bbox_used_for_cropping"] = [[lo, hi] for lo, hi in zip(box[:3], box[3:])]
     properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
     # normalization (nnU-Net's classes); 'use_mask_for_norm' sees -1 outside the body as nnU-Net's crop would set
-    norm_seg = np.where(mask[None], seg, -1).astype(np.int16)
+    if inference:
+        norm_seg = np.where(mask, 0, -1).astype(np.int8)[None]
+    else:
+        seg = seg[(slice(None), *slicer)]
+        norm_seg = np.where(mask[None], seg, -1).astype(np.int16)
+    del mask
     pre = DefaultPreprocessor(verbose=False)
     data = pre._normalize(data, norm_seg, cm, pm.foreground_intensity_properties_per_channel)
+    del norm_seg
     target = cm.spacing
     new_shape = compute_new_shape(data.shape[1:], spacing, target)
-    data = cm.resampling_fn_data(data, new_shape, spacing, target)
+    data = resample_image(data, new_shape, spacing, target, cm.configuration["resampling_fn_data"],
+                          cm.configuration["resampling_fn_data_kwargs"], cm.resampling_fn_data)
+    if inference:
+        return data, None, properties
     seg = cm.resampling_fn_seg(seg, new_shape, spacing, target)
     annotated = annotated_labels(dataset_json, case_id)
     labels = sorted(foreground_labels(dataset_json).values())

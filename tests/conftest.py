@@ -42,8 +42,8 @@ def cli_env(env_roots: dict | None = None) -> dict:
 def run_cli(name: str, *args: str, env_roots: dict | None = None, timeout: int = 600):
     """Run an installed console script as a user would; returns CompletedProcess (text)."""
     exe = Path(sys.executable).with_name(name)  # console scripts of the installed package
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=cli_env(env_roots),
-                          timeout=timeout)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          env=cli_env(env_roots), timeout=timeout)
 
 
 @pytest.fixture(scope="session")

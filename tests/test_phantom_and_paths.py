@@ -48,7 +48,8 @@ def test_default_roots_are_announced_once(tmp_path):
             f"os.environ['HOME'] = {str(tmp_path)!r}\n"
             "from autoorgan import paths\n"
             "print(paths.raw_root()); print(paths.raw_root())\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+                         errors="replace")
     assert res.stdout.split() == [str(tmp_path / "autoorgan_data" / "raw")] * 2
     assert res.stderr.count("autoorgan_raw is not set") == 1
 
@@ -59,7 +60,7 @@ def test_default_roots_are_announced_once(tmp_path):
 def test_help_explains(script):
     from pathlib import Path
     exe = Path(sys.executable).with_name(script)
-    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert res.returncode == 0 and "usage:" in res.stdout and len(res.stdout) > 300
 
 

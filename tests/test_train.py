@@ -120,7 +120,7 @@ def test_torchrun_two_processes_gloo(trained_roots):
            "-tr", "DDP"]
     env = cli_env(trained_roots)
     env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     fold = _fold(trained_roots, "DDP", 0)
     assert (fold / "checkpoint_final.pth").is_file()
@@ -186,5 +186,9 @@ def test_demo_runs_end_to_end_and_reuses_its_results(tmp_path):
     first = run_cli("autoorgan_demo", *args, env_roots=roots)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "validation (fold 0): mAP" in first.stdout
+    assert "predicted 8 case(s)" in first.stdout and "boxes (8 cases): mAP" in first.stdout
+    preds = roots["results"] / "Dataset920_Phantom" / "demo_predictions_imagesTs"
+    assert len(list(preds.glob("*_boxes.json"))) == 8 and (preds / "summary.json").is_file()
     again = run_cli("autoorgan_demo", *args, env_roots=roots)
     assert again.returncode == 0 and "reusing it" in again.stdout and "validation (fold 0): mAP" in again.stdout
+    assert "8 already done" in again.stdout

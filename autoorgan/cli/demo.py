@@ -6,14 +6,15 @@ import json
 import sys
 
 from autoorgan.errors import cli_entry
-from autoorgan.paths import preprocessed_root, raw_root
+from autoorgan.paths import preprocessed_root, raw_root, results_root
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Run the whole pipeline on a synthetic phantom dataset: make it (if "
                                             "absent), fingerprint, plan and preprocess it, then train Organ-DETR "
-                                            "(fold 0) for a few minutes. Rerunning reuses what exists and continues "
+                                            "(fold 0) for a few minutes, predict the held-out scans and evaluate them. "
+                                            "Rerunning reuses what exists and continues "
                                             "an interrupted training.")
     p.add_argument("-d", type=int, default=900, help="dataset id of the phantom (default 900)")
     p.add_argument("--cases", type=int, default=40, help="training cases of a new phantom (default 40)")
@@ -26,13 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     exists = raw_root().is_dir() and any(raw_root().glob(f"Dataset{args.d:03d}_*"))
     if not exists:
         folder = write_phantom_dataset(raw_root(), args.d, num_cases=args.cases)
-        print(f"[1/3] phantom dataset written to {folder}")
+        print(f"[1/4] phantom dataset written to {folder}")
     else:
-        print(f"[1/3] phantom dataset {args.d} exists in {raw_root()}; reusing it")
-    print("[2/3] fingerprint, plans, preprocessing")
+        print(f"[1/4] phantom dataset {args.d} exists in {raw_root()}; reusing it")
+    print("[2/4] fingerprint, plans, preprocessing")
     pp.main(["-d", str(args.d), "-np", str(args.np)])
     print(f"preprocessed data and plans are in {preprocessed_root()}")
-    print(f"[3/3] training Organ-DETR, fold 0 ({args.epochs} epochs x {args.iters_per_epoch} iterations)")
+    print(f"[3/4] training Organ-DETR, fold 0 ({args.epochs} epochs x {args.iters_per_epoch} iterations)")
     from autoorgan.cli import train
     from autoorgan.paths import find_dataset_name
     name = find_dataset_name(str(args.d))
@@ -49,8 +50,18 @@ def main(argv: list[str] | None = None) -> None:
         summary = train.run(targs)
     m = summary.get("metrics", summary)
     print(f"validation (fold 0): mAP {m['mAP']:.3f}, AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f}, mAR {m['mAR']:.3f}")
-    print(f"model, progress.png and per-case boxes: {fold_dir}")
-    print("prediction on new scans (autoorgan_predict) is the next milestone (docs/status.md)", file=sys.stderr)
+    print(f"model, progress.png and per-case validation boxes: {fold_dir}")
+    raw_folder = raw_root() / name
+    if not any((raw_folder / "imagesTs").glob("*")):
+        print("no held-out images (imagesTs) in the phantom; skipping prediction", file=sys.stderr)
+        return
+    out = results_root() / name / "demo_predictions_imagesTs"
+    print(f"[4/4] predicting the held-out phantom scans ({raw_folder / 'imagesTs'}) and evaluating")
+    from autoorgan.cli import evaluate, predict
+    predict.main(["-i", str(raw_folder / "imagesTs"), "-o", str(out), "-d", name, "-c", "organdetr", "-f", "0",
+                  "--continue_prediction", "--save_png"])
+    evaluate.main(["-ref", str(raw_folder / "labelsTs"), "-pred", str(out), "-d", name])
+    print(f"outputs: {out} (CASE_boxes.json, CASE.mrk.json for 3D Slicer, CASE_boxes.png, summary.json)")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,22 @@
 
 Top-1 per organ (paper): for organ class ``k`` the query with the highest probability of ``k`` is kept and that
 probability is the organ's score, whatever the query's argmax; every organ gets exactly one candidate box.
+
+Test-time mirroring (``mirror_axes``, input-array axes) runs one more pass per axis with the input flipped, flips
+the boxes back (``lo' = n - hi``) and averages per organ; several models (folds) are fused per organ the same way
+(:func:`fuse_detections`: score-weighted mean box, mean score).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from autoorgan.boxes import normalized_to_voxel
-from autoorgan.dataloading import FitTransform, fit_to_input
+from autoorgan.dataloading import fit_to_input
+
+Detections = dict[int, tuple[np.ndarray, float]]  # organ class (0-based) -> (voxel box [6], score)
 
 
 def top1_per_organ(logits: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,19 +27,46 @@ def top1_per_organ(logits: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Ten
     return scores, boxes[idx]
 
 
+def flip_boxes(boxes: np.ndarray, axis: int, size: float) -> np.ndarray:
+    """Voxel boxes ``[..., 6]`` mirrored along array ``axis`` of an extent of ``size`` voxels."""
+    out = np.array(boxes, np.float64, copy=True)
+    out[..., axis], out[..., axis + 3] = size - boxes[..., axis + 3], size - boxes[..., axis]
+    return out
+
+
+def fuse_detections(runs: Sequence[Detections]) -> Detections:
+    """Per organ: score-weighted mean box and mean score over ``runs`` (mirrorings, folds)."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    out = {}
+    for k in runs[0]:
+        boxes = np.stack([np.asarray(r[k][0], np.float64) for r in runs])
+        scores = np.asarray([r[k][1] for r in runs], np.float64)
+        w = scores / scores.sum() if scores.sum() > 0 else np.full(len(runs), 1 / len(runs))
+        out[k] = ((w[:, None] * boxes).sum(0), float(scores.mean()))
+    return out
+
+
 @torch.no_grad()
 def detect_case(model: torch.nn.Module, image: np.ndarray | torch.Tensor, input_shape: tuple[int, ...],
-                device: torch.device) -> dict[int, tuple[np.ndarray, float]]:
+                device: torch.device, mirror_axes: Sequence[int] = ()) -> Detections:
     """``image [C, n0, n1, n2]`` (preprocessed) -> ``{organ class (0-based): (voxel box [6] in the preprocessed
-    case frame, score)}``."""
+    case frame, clipped to the case, score)}``; ``mirror_axes``: test-time mirroring along these array axes
+    (0, 1, 2)."""
     image = torch.as_tensor(np.asarray(image, dtype=np.float32))
     fitted, _, fit = fit_to_input(image, None, tuple(input_shape))
-    out = model(fitted[None].to(device))
-    scores, boxes = top1_per_organ(out["logits"][0], out["boxes"][0])
-    return boxes_to_case(scores.cpu().numpy(), boxes.float().cpu().numpy(), input_shape, fit)
+    x = fitted[None].to(device)
+    runs = []
+    for axis in (None, *mirror_axes):
+        xin = x if axis is None else torch.flip(x, dims=(axis + 2,))
+        out = model(xin)
+        scores, boxes = top1_per_organ(out["logits"][0], out["boxes"][0])
+        vox = normalized_to_voxel(boxes.float().cpu().numpy(), input_shape)
+        if axis is not None:
+            vox = flip_boxes(vox, axis, input_shape[axis])
+        runs.append({k: (vox[k], float(scores[k])) for k in range(len(scores))})
+    fused = fuse_detections(runs)
+    limit = np.tile(np.asarray(image.shape[1:], np.float64), 2)
+    # a box reaching into the padding of the fitted input is clipped to the case (the image holds every organ)
+    return {k: (np.clip(fit.box_to_case(box[None])[0], 0, limit), s) for k, (box, s) in fused.items()}
 
-
-def boxes_to_case(scores: np.ndarray, boxes_norm: np.ndarray, input_shape, fit: FitTransform
-                  ) -> dict[int, tuple[np.ndarray, float]]:
-    vox = fit.box_to_case(normalized_to_voxel(boxes_norm, input_shape))
-    return {k: (vox[k], float(scores[k])) for k in range(len(scores))}

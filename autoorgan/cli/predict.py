@@ -1,0 +1,98 @@
+"""``autoorgan_predict`` and ``autoorgan_predict_from_modelfolder``: organ boxes for a folder of new scans."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from autoorgan.errors import UserError, cli_entry
+
+EPILOG = ("Inputs: CASE_0000.nii.gz-style channel files, plain CASE.nii.gz/.nii/.nrrd/.mha files (one-channel "
+          "models) or one DICOM series per sub-folder. Outputs per case: CASE_boxes.json (boxes in the input "
+          "image's voxel indices and in LPS world mm), CASE.mrk.json (3D Slicer ROIs; drag it into Slicer with the "
+          "image) and optionally CASE_boxmask.nii.gz / CASE_boxes.png. A case that fails is reported and the others "
+          "go on; the exit status is 1 when any failed. See docs/prediction.md.")
+
+
+def _parser(description: str) -> argparse.ArgumentParser:
+    """The options both prediction commands share."""
+    p = argparse.ArgumentParser(description=description, epilog=EPILOG)
+    p.add_argument("-i", required=True, metavar="IN", help="input folder")
+    p.add_argument("-o", required=True, metavar="OUT", help="output folder (created)")
+    p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
+                   help="folds to ensemble, e.g. 0 or 0 1 2 3 4; all = the model trained on all cases (fold_all) "
+                        "(default: every trained fold)")
+    p.add_argument("-chk", default="final", choices=("final", "best", "latest"),
+                   help="checkpoint_{final,best,latest}.pth (default final)")
+    p.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="device (default: cuda when available, else cpu)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time mirroring along the plans' mirror_axes, averaged in box space (off by default; "
+                        "the default plans do not mirror because left/right organs would swap)")
+    p.add_argument("--save_box_masks", action="store_true", help="also write CASE_boxmask.nii.gz (boxes as labels)")
+    p.add_argument("--save_png", action="store_true", help="also write CASE_boxes.png (three slices per organ)")
+    p.add_argument("--continue_prediction", action="store_true",
+                   help="skip cases whose CASE_boxes.json exists (resume an interrupted run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _run(args, model_folder) -> None:
+    from autoorgan.inference.predictor import OrganDETRPredictor, predict_folder
+    predictor = OrganDETRPredictor(model_folder, args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta)
+    if args.tta and not predictor.mirror_axes:
+        print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
+              file=sys.stderr)
+    res = predict_folder(predictor, args.i, args.o, args.continue_prediction, args.save_box_masks, args.save_png,
+                         progress=not args.quiet)
+    n = len(res.done) + len(res.skipped)
+    print(f"predicted {len(res.done)} case(s)" + (f", {len(res.skipped)} already done" if res.skipped else "") +
+          f" with fold(s) {', '.join(predictor.folds)} of {predictor.model_folder} in {res.seconds:.1f} s -> {args.o}")
+    if res.failed:
+        print(f"autoorgan: {len(res.failed)} of {n + len(res.failed)} case(s) failed: "
+              f"{', '.join(sorted(res.failed))} (reasons above and in {args.o}/prediction_info.json)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    p = _parser("Predict organ boxes (organdetr) for a folder of scans with a model trained by autoorgan_train.")
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name the model was trained on")
+    p.add_argument("-c", default="organdetr", help="configuration (default organdetr)")
+    p.add_argument("-tr", default=None, metavar="TRAINER",
+                   help="trainer folder name (default: the configuration's trainer, e.g. OrganDETRTrainer)")
+    p.add_argument("-p", default=None, metavar="PLANS", help="plans name (default autoorganPlans)")
+    args = p.parse_args(argv)
+    from autoorgan.cli.train import trainer_class
+    from autoorgan.paths import find_dataset_name, results_root
+    from autoorgan.plans import PLANS_NAME
+    if args.c == "ccq":
+        raise UserError("-c ccq: the CCQ configuration is not available in this version yet (docs/status.md); use "
+                        "-c organdetr")
+    cls = trainer_class(args.c)
+    try:
+        name = find_dataset_name(args.d, results_root())
+    except UserError:
+        raise UserError(f"no trained models for dataset {args.d} in {results_root()} (autoorgan_results); train one "
+                        f"with autoorgan_train {args.d} {args.c} FOLD") from None
+    folder = cls.model_folder_for(name, args.tr or cls.__name__, args.p or PLANS_NAME)
+    if not folder.is_dir():
+        others = sorted(p.name for p in (results_root() / name).glob(f"*__{args.c}")) \
+            if (results_root() / name).is_dir() else []
+        raise UserError(f"no trained {args.c} model in {folder}" +
+                        (f" (found: {', '.join(others)}; pick one with -tr)" if others else
+                         f"; train it with autoorgan_train {args.d} {args.c} FOLD"))
+    _run(args, folder)
+
+
+@cli_entry
+def main_from_modelfolder(argv: list[str] | None = None) -> None:
+    p = _parser("Predict organ boxes with the model in a given model folder (the folder holding plans.json, "
+                "dataset.json and fold_F/).")
+    p.add_argument("-m", required=True, metavar="MODEL_DIR", help="model folder")
+    args = p.parse_args(argv)
+    _run(args, args.m)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""autoorgan_predict / autoorgan_evaluate: geometry round trips (NIfTI and DICOM), outputs, bad inputs, resume."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import cli_env, run_cli
+
+DATASET = "Dataset900_Phantom"
+MODEL = "OrganDETRTrainer__autoorganPlans__organdetr"
+# a proper rotation (DICOM needs a right-handed frame): 30 degrees about an oblique axis, then axes permuted
+_R = sitk.VersorTransform((1.0, 0.3, 0.2), np.pi / 6).GetMatrix()
+DIRECTION = tuple(np.asarray(_R).reshape(3, 3)[:, [1, 2, 0]].ravel().tolist())
+SPACING_ITK = (1.7, 2.3, 3.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures: a planned phantom with an untrained tiny model folder, and an asymmetric test volume
+@pytest.fixture(scope="module")
+def model_roots(tmp_path_factory, phantom_template):
+    base = tmp_path_factory.mktemp("predict")
+    roots = {k: base / k for k in ("raw", "preprocessed", "results")}
+    shutil.copytree(phantom_template, roots["raw"] / DATASET)
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-c", "organdetr", "-device", "cpu", "--no_pp",
+                  "--quiet", env_roots=roots)
+    assert res.returncode == 0, res.stderr
+    plans = json.loads((roots["preprocessed"] / DATASET / "autoorganPlans.json").read_text())
+    cfg = plans["configurations"]["organdetr"]
+    # target spacing 1.25 x the test volume's (array order, transposed as the plans say): mild resampling, so the
+    # round trip's tolerance (one preprocessed voxel) is 1.25 original voxels
+    cfg["spacing"] = [SPACING_ITK[::-1][i] * 1.25 for i in plans["transpose_forward"]]
+    cfg["architecture"]["arch_kwargs"].update(backbone_widths=[8, 16, 32, 64, 64], hidden_dim=32, num_heads=4,
+                                              decoder_layers=1, msa_depth=1, msa_dropout=0.0)
+    folder = roots["results"] / DATASET / MODEL
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    shutil.copy(roots["raw"] / DATASET / "dataset.json", folder / "dataset.json")
+    from autoorgan.networks.organdetr import OrganDETR
+    torch.manual_seed(0)
+    net = OrganDETR.from_plans(cfg, 1)
+    torch.save({"network": net.state_dict()}, folder / "fold_0" / "checkpoint_final.pth")
+    return roots
+
+
+def make_volume(shape=(38, 52, 45)):
+    """CT-like int16 volume (array order) with a body well inside the field of view (crop offset on every axis)
+    and organ blocks labelled 1..7; returns (image, label map) as SimpleITK images with DIRECTION/SPACING_ITK."""
+    img = np.full(shape, -1000, np.int16)
+    seg = np.zeros(shape, np.uint8)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    body = ((zz - 20) / 14.0) ** 2 + ((yy - 29) / 18.0) ** 2 + ((xx - 24) / 15.0) ** 2 < 1
+    img[body] = 30
+    blocks = {1: (12, 22, 18, 32, 15, 27), 2: (16, 21, 35, 41, 20, 26), 3: (24, 28, 20, 24, 14, 19),
+              4: (24, 29, 31, 35, 28, 33), 5: (10, 14, 26, 33, 27, 33), 6: (28, 32, 26, 31, 20, 27),
+              7: (9, 31, 28, 30, 23, 25)}
+    for lab, (a0, a1, b0, b1, c0, c1) in blocks.items():
+        seg[a0:a1, b0:b1, c0:c1] = lab
+        img[a0:a1, b0:b1, c0:c1] = 60 + 10 * lab
+    out = []
+    for arr in (img, seg):
+        im = sitk.GetImageFromArray(arr)
+        im.SetSpacing(SPACING_ITK)
+        im.SetOrigin((-40.0, 12.5, 100.0))
+        im.SetDirection(DIRECTION)
+        out.append(im)
+    return out
+
+
+def write_dicom_series(image, folder: Path) -> None:
+    """``image`` (int16 3D SimpleITK) as a CT DICOM series, one file per ITK k-slice."""
+    folder.mkdir(parents=True)
+    d = np.asarray(image.GetDirection()).reshape(3, 3)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.{}"
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {"0008|0060": "CT", "0020|000d": uid.format(1), "0020|000e": uid.format(2),
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": uid.format(100 + k),
+                "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
+                "0020|0037": "\\".join(f"{v:.9f}" for v in (*d[:, 0], *d[:, 1])),
+                "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}",
+                "0018|0050": f"{image.GetSpacing()[2]:.6f}", "0028|1052": "0", "0028|1053": "1"}
+        for key, value in tags.items():
+            sl.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def _predictor(model_roots, monkeypatch, **kw):
+    for kind, path in model_roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    from autoorgan.inference.predictor import OrganDETRPredictor
+    return OrganDETRPredictor(model_roots["results"] / DATASET / MODEL, ["0"], device="cpu", **kw)
+
+
+def _perfect(predictor, image, seg, case_id="x"):
+    """Replace the network by a perfect detector: the organ boxes of the label map preprocessed like training.
+    Returns the training-path properties and preprocessed shape."""
+    from autoorgan.inference.inputs import sitk_to_nnunet
+    from autoorgan.preprocessing import preprocess_case_arrays
+    data, props = sitk_to_nnunet(image)
+    segarr = sitk.GetArrayFromImage(seg)[None]
+    pre, _, pprops = preprocess_case_arrays(data, segarr, props, predictor.plans, "organdetr",
+                                            predictor.dataset_json, case_id)
+    boxes = pprops["autoorgan"]["boxes"]
+
+    def detect(arr):
+        assert arr.shape == pre.shape and np.allclose(arr, pre, atol=1e-4)  # inference = training preprocessing
+        return {predictor.label_values.index(lab): (np.asarray(b, np.float64), 1.0) for lab, b in boxes.items()}
+    predictor.detect_preprocessed = detect
+    return pprops, pre.shape[1:]
+
+
+def _check_record(record, seg, pprops, pre_shape, predictor) -> float:
+    """Boxes of a perfect predictor, mapped back, equal the label map's boxes within one preprocessed voxel (the
+    label map itself is resampled to the coarser grid), in voxels and in world mm. Returns the largest error."""
+    from autoorgan.boxes import Geometry, box_to_world, boxes_from_label_map
+    geo = Geometry.from_sitk(seg)
+    ref = boxes_from_label_map(sitk.GetArrayFromImage(seg))
+    tb = predictor.plans["transpose_backward"]
+    scale = np.asarray(pprops["shape_after_cropping_and_before_resampling"], np.float64) / np.asarray(pre_shape)
+    tol_vox = np.tile(scale[tb], 2) + 1e-6  # one preprocessed voxel, in original voxels (array order)
+    assert record["geometry"]["direction_itk"] == pytest.approx(list(DIRECTION), abs=1e-5)
+    assert record["geometry"]["spacing_itk_order"] == pytest.approx(list(SPACING_ITK), abs=1e-5)
+    assert record["geometry"]["shape_array_order"] == list(geo.shape)
+    assert sorted(o["label"] for o in record["organs"]) == list(range(1, 8))
+    worst = 0.0
+    for organ in record["organs"]:
+        box, want = np.asarray(organ["box_voxel"]), np.asarray(ref[organ["label"]], np.float64)
+        assert np.all(np.abs(box - want) <= tol_vox), (organ["name"], box, want, tol_vox)
+        got_w = np.asarray(organ["world"]["corners_lps_mm"])
+        want_w = np.asarray(box_to_world(want, geo)["corners_lps_mm"])
+        assert np.abs(got_w - want_w).max() <= np.linalg.norm(tol_vox[:3] * geo.spacing_array_order)
+        worst = max(worst, float(np.abs(box - want).max()))
+    return worst
+
+
+def test_perfect_predictor_round_trip_nifti_and_dicom(model_roots, monkeypatch, tmp_path):
+    """Anisotropic spacing, rotated direction, crop offset: preprocess -> (perfect) predict -> export returns the
+    reference boxes, from a NIfTI file and from the same volume as a DICOM series."""
+    from autoorgan.inference.inputs import InputCase
+    image, seg = make_volume()
+    predictor = _predictor(model_roots, monkeypatch)
+    pprops, pre_shape = _perfect(predictor, image, seg)
+    crop = np.asarray(pprops["bbox_used_for_cropping"])
+    assert (crop[:, 0] > 0).all() and (crop[:, 1] < np.asarray(pprops["shape_before_cropping"])).all()
+    assert tuple(pre_shape) != tuple(pprops["shape_after_cropping_and_before_resampling"])  # resampled
+    sitk.WriteImage(image, str(tmp_path / "vol.nii.gz"))
+    write_dicom_series(image, tmp_path / "dicom" / "vol_dcm")
+    out = tmp_path / "out"
+    out.mkdir()
+    rec_nii = predictor.predict_case(InputCase("vol", files=[tmp_path / "vol.nii.gz"]), out)
+    _check_record(rec_nii, seg, pprops, pre_shape, predictor)
+    rec_dcm = predictor.predict_case(InputCase("vol_dcm", dicom_dir=tmp_path / "dicom" / "vol_dcm"), out)
+    worst = _check_record(rec_dcm, seg, pprops, pre_shape, predictor)
+    assert worst <= 1.25 + 1e-6
+    assert rec_dcm["geometry"]["origin_lps_mm"] == pytest.approx(rec_nii["geometry"]["origin_lps_mm"], abs=1e-3)
+    for a, b in zip(rec_nii["organs"], rec_dcm["organs"]):
+        assert a["box_voxel"] == pytest.approx(b["box_voxel"], abs=1e-3)
+    # the Slicer markups: one ROI per organ, centre = box centre in LPS, axes = image axes
+    mrk = json.loads((out / "vol.mrk.json").read_text())
+    assert len(mrk["markups"]) == 7 and mrk["markups"][0]["type"] == "ROI"
+    roi, organ = mrk["markups"][0], rec_nii["organs"][0]
+    assert roi["center"] == pytest.approx(organ["world"]["center_lps_mm"])
+    d = np.asarray(roi["orientation"]).reshape(3, 3)
+    assert np.allclose(d.T @ d, np.eye(3), atol=1e-6) and np.linalg.det(d) > 0
+    size = np.asarray(roi["size"])
+    corners = np.asarray(organ["world"]["corners_lps_mm"]) - np.asarray(roi["center"])
+    assert np.abs(corners @ d).max(0) == pytest.approx(size / 2, abs=1e-3)  # corners at +-size/2 along ROI axes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line: outputs, bad inputs, per-case failures, resume after kill -9
+def _input_folder(tmp_path, n=3) -> Path:
+    image, _ = make_volume()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(n):
+        sitk.WriteImage(image, str(folder / f"case{i:02d}_0000.nii.gz"))
+    return folder
+
+
+def test_predict_cli_writes_every_output(model_roots, tmp_path):
+    folder = _input_folder(tmp_path, 1)
+    sitk.WriteImage(make_volume()[0], str(folder / "plain.nrrd"))          # plain single-channel file
+    write_dicom_series(make_volume()[0], folder / "dicomcase")              # a DICOM series folder
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(out), "-d", "900", "-f", "0", "-device", "cpu",
+                  "--save_box_masks", "--save_png", "--quiet", env_roots=model_roots)
+    assert res.returncode == 0, res.stderr
+    assert "ignored notes.txt" in res.stderr and "predicted 3 case(s)" in res.stdout
+    for cid in ("case00", "plain", "dicomcase"):
+        rec = json.loads((out / f"{cid}_boxes.json").read_text())
+        assert len(rec["organs"]) == 7 and all(0 <= o["score"] <= 1 for o in rec["organs"])
+        assert (out / f"{cid}.mrk.json").is_file() and (out / f"{cid}_boxes.png").stat().st_size > 1000
+        mask = sitk.ReadImage(str(out / f"{cid}_boxmask.nii.gz"))
+        assert mask.GetSize() == make_volume()[0].GetSize()
+        assert np.allclose(mask.GetDirection(), DIRECTION, atol=1e-5)
+    info = json.loads((out / "prediction_info.json").read_text())
+    assert info["folds"] == ["0"] and info["failed"] == {}
+    # the same through the model folder entry point, with test-time mirroring asked for (plans have none: a note)
+    res = run_cli("autoorgan_predict_from_modelfolder", "-i", str(folder), "-o", str(tmp_path / "out2"), "-m",
+                  str(model_roots["results"] / DATASET / MODEL), "-device", "cpu", "--tta", "--quiet",
+                  env_roots=model_roots)
+    assert res.returncode == 0 and "--tta has no effect" in res.stderr, res.stderr
+    a = json.loads((out / "case00_boxes.json").read_text())["organs"]
+    b = json.loads((tmp_path / "out2" / "case00_boxes.json").read_text())["organs"]
+    np.testing.assert_allclose([o["box_voxel"] for o in a], [o["box_voxel"] for o in b], atol=1e-4)
+    shape = np.tile(json.loads((out / "case00_boxes.json").read_text())["geometry"]["shape_array_order"], 2)
+    assert all(np.all((np.asarray(o["box_voxel"]) >= 0) & (np.asarray(o["box_voxel"]) <= shape)) for o in a)
+
+
+def test_a_bad_case_does_not_stop_the_others(model_roots, tmp_path):
+    folder = _input_folder(tmp_path, 2)
+    (folder / "broken_0000.nii.gz").write_bytes(b"this is not a nifti file" * 10)
+    shutil.copy(folder / "case00_0000.nii.gz", folder / "twochan_0000.nii.gz")
+    shutil.copy(folder / "case00_0000.nii.gz", folder / "twochan_0001.nii.gz")
+    (folder / "emptydicom").mkdir()
+    out = tmp_path / "out"
+    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(out), "-d", "900", "-device", "cpu", "--quiet",
+                  env_roots=model_roots)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "case broken failed: cannot read" in res.stderr
+    assert "case twochan failed" in res.stderr and "expects 1 channel" in res.stderr
+    assert "case emptydicom failed: no DICOM series" in res.stderr
+    assert "3 of 5 case(s) failed" in res.stderr
+    assert sorted(p.name for p in out.glob("*_boxes.json")) == ["case00_boxes.json", "case01_boxes.json"]
+    assert not list(out.glob("broken*")) and not list(out.glob(".*"))
+    failed = json.loads((out / "prediction_info.json").read_text())["failed"]
+    assert set(failed) == {"broken", "twochan", "emptydicom"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("-i", "MISSING", "-d", "900"), "does not exist"),
+    (("-d", "977"), "no trained models for dataset 977"),
+    (("-d", "900", "-f", "3"), "no checkpoint_final.pth for fold(s) 3"),
+    (("-d", "900", "-chk", "best"), "no checkpoint_best.pth"),
+    (("-d", "900", "-tr", "NoSuchTrainer"), "no trained organdetr model"),
+    (("-d", "900", "-c", "ccq"), "-c ccq"),
+])
+def test_bad_arguments_give_one_line_errors(model_roots, tmp_path, args, message):
+    folder = _input_folder(tmp_path, 1)
+    argv = ["-i", str(folder), "-o", str(tmp_path / "out"), "-device", "cpu", *args]
+    if "MISSING" in argv:
+        argv[argv.index("MISSING")] = str(tmp_path / "missing")
+        argv.remove(str(folder)), argv.remove("-i")
+    res = run_cli("autoorgan_predict", *argv, env_roots=model_roots)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not list((tmp_path / "out").glob("*_boxes.json"))  # nothing half-written
+
+
+def test_kill_during_prediction_then_continue(model_roots, tmp_path):
+    folder = _input_folder(tmp_path, 12)
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("autoorgan_predict")
+    argv = [str(exe), "-i", str(folder), "-o", str(out), "-d", "900", "-device", "cpu", "--quiet",
+            "--save_box_masks"]
+    proc = subprocess.Popen(argv, env=cli_env(model_roots), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(out.glob("*_boxes.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*_boxes.json")}
+    assert 1 <= len(first) < 12, "the run ended before it could be killed"
+    res = subprocess.run(argv + ["--continue_prediction"], env=cli_env(model_roots), capture_output=True, text=True,
+                         encoding="utf-8", errors="replace", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(first)} already done" in res.stdout
+    assert len(list(out.glob("*_boxes.json"))) == len(list(out.glob("*.mrk.json"))) == 12
+    assert len(list(out.glob("*_boxmask.nii.gz"))) == 12
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial files
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_boxes.json") if p.name in first} == first
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# units: mirroring and fold fusion in box space, bounded-memory resampling
+def test_flip_and_fuse_boxes():
+    from autoorgan.inference.detect import flip_boxes, fuse_detections
+    box = np.array([2.0, 3.0, 4.0, 5.0, 9.0, 6.0])
+    assert flip_boxes(box, 1, 12).tolist() == [2.0, 3.0, 4.0, 5.0, 9.0, 6.0][:1] + [3.0, 4.0, 5.0, 9.0, 6.0]
+    assert flip_boxes(flip_boxes(box, 2, 10), 2, 10) == pytest.approx(box)
+    mask = np.zeros((6, 12, 10), bool)
+    mask[2:5, 3:9, 4:6] = True
+    from autoorgan.boxes import boxes_from_label_map
+    flipped = boxes_from_label_map(mask[:, ::-1].astype(np.uint8))[1]
+    assert flip_boxes(np.array([2, 3, 4, 5, 9, 6.0]), 1, 12).tolist() == flipped
+    fused = fuse_detections([{0: (np.zeros(6), 0.75)}, {0: (np.ones(6) * 4, 0.25)}])
+    assert fused[0][0] == pytest.approx(np.ones(6)) and fused[0][1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("old, new, shape", [
+    ([1.5, 0.8, 0.8], [3.1, 2.9, 2.7], (40, 70, 60)),   # isotropic-ish: one 3D spline resize in nnU-Net
+    ([5.0, 0.8, 0.8], [5.0, 1.6, 1.5], (30, 64, 50)),   # anisotropic: nnU-Net resamples in-plane only
+    ([0.8, 0.8, 5.0], [1.2, 1.5, 6.0], (64, 50, 30)),   # anisotropic axis last
+    ([1.0, 1.0, 1.0], [0.7, 0.6, 0.9], (20, 30, 25)),   # upsampling: falls back to the single call
+])
+def test_slab_resampling_equals_nnunet(old, new, shape, monkeypatch):
+    from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape,
+                                                                     resample_data_or_seg_to_shape)
+    import autoorgan.resampling as rs
+    monkeypatch.setattr(rs, "SLAB_VOXELS", 3000)  # many slabs
+    x = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    kw = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    ns = compute_new_shape(shape, old, new)
+    ref = resample_data_or_seg_to_shape(x, ns, old, new, **kw)
+    got = rs.resample_image(x, ns, old, new, "resample_data_or_seg_to_shape", kw,
+                            partial(resample_data_or_seg_to_shape, **kw))
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_mirroring_tta_averages_in_box_space():
+    """A fake network that always answers the same normalized box: mirroring along axis 1 turns it into the average
+    of the box and its mirror image, so the fused box is centred on that axis; other axes are unchanged."""
+    from autoorgan.inference.detect import detect_case
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            boxes = torch.tensor([[[0.25, 0.25, 0.5, 0.2, 0.1, 0.4]]])   # centre/size, normalized
+            logits = torch.tensor([[[4.0, 0.0]]])                       # one organ, one query
+            return {"logits": logits, "boxes": boxes}
+
+    image = np.zeros((1, 8, 20, 12), np.float32)
+    plain = detect_case(Constant(), image, (8, 20, 12), torch.device("cpu"))[0][0]
+    tta = detect_case(Constant(), image, (8, 20, 12), torch.device("cpu"), mirror_axes=(1,))[0][0]
+    assert plain.tolist() == pytest.approx([1.2, 4.0, 3.6, 2.8, 6.0, 8.4])
+    assert tta.tolist() == pytest.approx([1.2, 9.0, 3.6, 2.8, 11.0, 8.4])  # axis 1 centred: (5 + 15) / 2 = 10
