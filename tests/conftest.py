@@ -73,3 +73,14 @@ def edit_json(path: Path, fn) -> None:
     data = json.loads(Path(path).read_text())
     fn(data)
     Path(path).write_text(json.dumps(data))
+
+
+def untrained_validation(roots: dict, monkeypatch, trainer_cls, dataset: str) -> dict:
+    """Validation metrics of ``trainer_cls`` on fold 'all' of ``dataset`` before any training (the baseline a
+    learning check must beat)."""
+    from autoorgan.trainers.base import TrainOptions
+    for kind, path in roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    trainer = trainer_cls(dataset, "all", TrainOptions(), "cpu", trainer_name="Untrained")
+    trainer.initialize()
+    return trainer.validate()

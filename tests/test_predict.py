@@ -251,7 +251,7 @@ def test_a_bad_case_does_not_stop_the_others(model_roots, tmp_path):
     (("-d", "900", "-f", "3"), "no checkpoint_final.pth for fold(s) 3"),
     (("-d", "900", "-chk", "best"), "no checkpoint_best.pth"),
     (("-d", "900", "-tr", "NoSuchTrainer"), "no trained organdetr model"),
-    (("-d", "900", "-c", "ccq"), "-c ccq"),
+    (("-d", "900", "-c", "ccq"), "no trained ccq model"),
 ])
 def test_bad_arguments_give_one_line_errors(model_roots, tmp_path, args, message):
     folder = _input_folder(tmp_path, 1)

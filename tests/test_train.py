@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env, run_cli
+from conftest import cli_env, run_cli, untrained_validation
 
 DATASET = "Dataset910_Phantom"
 
@@ -48,13 +48,8 @@ def _fold(roots, trainer="OrganDETRTrainer", fold="all"):
 
 
 def _untrained_ap50(roots, monkeypatch):
-    from autoorgan.trainers.base import TrainOptions
     from autoorgan.trainers.organdetr import OrganDETRTrainer
-    for kind, path in roots.items():
-        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
-    trainer = OrganDETRTrainer(DATASET, "all", TrainOptions(), "cpu", trainer_name="Untrained")
-    trainer.initialize()
-    return trainer.validate()["AP50"]
+    return untrained_validation(roots, monkeypatch, OrganDETRTrainer, DATASET)["AP50"]
 
 
 def test_learning_check_reaches_map50(trained_roots, monkeypatch):
@@ -192,3 +187,13 @@ def test_demo_runs_end_to_end_and_reuses_its_results(tmp_path):
     again = run_cli("autoorgan_demo", *args, env_roots=roots)
     assert again.returncode == 0 and "reusing it" in again.stdout and "validation (fold 0): mAP" in again.stdout
     assert "8 already done" in again.stdout
+
+
+def test_time_budget_stops_after_the_epoch_and_validates(trained_roots):
+    res = _train(trained_roots, "0", "-device", "cpu", "--epochs", "5", "--iters_per_epoch", "1",
+                 "-num_workers", "0", "--max_minutes", "0.0001", "-tr", "Budget")
+    assert res.returncode == 0, res.stderr[-3000:]
+    fold = _fold(trained_roots, "Budget", 0)
+    assert len(_history(fold / "checkpoint_final.pth")["train_loss"]) == 1
+    assert (fold / "validation" / "summary.json").is_file()
+    assert "time budget of 0.0001 min reached after epoch 1" in (fold / "training_log.txt").read_text()

@@ -50,14 +50,15 @@ class TrainOptions:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     warmup_iters: int = 500
-    grad_clip: float = 0.1
+    grad_clip: float | None = None  # None: the trainer's default_grad_clip
     seed: int = 12345
     batch_size: int | None = None   # None: from the plans
+    max_minutes: float | None = None  # stop after the first epoch that ends past this wall-clock budget
     num_workers: int = 2
     extra: dict = field(default_factory=dict)  # configuration-specific (e.g. matcher)
 
     # options that may differ when continuing a run (length, hardware)
-    RESUMABLE_CHANGES = ("epochs", "num_workers", "val_every")
+    RESUMABLE_CHANGES = ("epochs", "num_workers", "val_every", "max_minutes")
 
 
 def select_device(name: str) -> torch.device:
@@ -98,17 +99,23 @@ class EpochBatches:
             yield list(range(first, first + self.local))
 
 
-def lr_factor(it: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` iterations, then cosine decay to 0 at ``total``."""
+def lr_factor(it: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` iterations, then cosine decay to 0 at ``total`` (``schedule="poly"``:
+    nnU-Net's ``(1 - progress) ** 0.9``)."""
     if warmup > 0 and it < warmup:
         return (it + 1) / warmup
     span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warmup) / span)))
+    progress = min(1.0, (it - warmup) / span)
+    if schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class TrainerBase:
     configuration: str = ""
     best_metric_key: str = "mAP"
+    lr_schedule: str = "cosine"  # or "poly"
+    default_grad_clip: float = 0.1  # gradient norm clip (DETR: 0.1; nnU-Net: 12)
 
     @classmethod
     def model_folder_for(cls, dataset_name: str, trainer_name: str, plans_name: str = PLANS_NAME) -> Path:
@@ -206,7 +213,8 @@ class TrainerBase:
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.total_iters, min(self.opt.warmup_iters,
-                                                                           self.total_iters // 10)))
+                                                                           self.total_iters // 10),
+                                                 self.lr_schedule))
         if self.distributed:
             kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
             net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True, **kw)
@@ -290,8 +298,14 @@ class TrainerBase:
                  f"{len(self.val_ids)} val cases, batch {self.batch_size}, {self.opt.epochs} epochs x "
                  f"{self.opt.iters_per_epoch} iterations, device {self.device}, {self.world} process(es)")
         summary = {}
+        deadline = time.time() + 60 * self.opt.max_minutes if self.opt.max_minutes else None
         while self.epoch < self.opt.epochs:
             summary = self.train_epoch() or summary
+            if deadline is not None and time.time() > deadline and self.epoch < self.opt.epochs:
+                self.log(f"time budget of {self.opt.max_minutes:g} min reached after epoch {self.epoch}; "
+                         "stopping here (the learning rate schedule was planned for all epochs)")
+                summary = self.validate(final=True) if self.is_main else {}
+                break
         if self.is_main:
             atomic_torch_save(self.checkpoint_state(), final)
             latest.unlink(missing_ok=True)
@@ -325,8 +339,9 @@ class TrainerBase:
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss is {float(loss)} at epoch {e}; lower the learning rate (--lr)")
             loss.backward()
-            if self.opt.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.network.parameters(), self.opt.grad_clip)
+            clip = self.default_grad_clip if self.opt.grad_clip is None else self.opt.grad_clip
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.network.parameters(), clip)
             self.optimizer.step()
             self.scheduler.step()
             losses.append(parts)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from autoorgan.errors import UserError, cli_entry
 
@@ -37,8 +38,9 @@ def _parser(description: str) -> argparse.ArgumentParser:
 
 
 def _run(args, model_folder) -> None:
-    from autoorgan.inference.predictor import OrganDETRPredictor, predict_folder
-    predictor = OrganDETRPredictor(model_folder, args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta)
+    from autoorgan.inference.predictor import OrganDETRPredictor, SegmentationPredictor, predict_folder
+    kind = SegmentationPredictor if Path(model_folder).name.endswith("__ccq") else OrganDETRPredictor
+    predictor = kind(model_folder, args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta)
     if args.tta and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)
@@ -58,7 +60,8 @@ def _run(args, model_folder) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = _parser("Predict organ boxes (organdetr) for a folder of scans with a model trained by autoorgan_train.")
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name the model was trained on")
-    p.add_argument("-c", default="organdetr", help="configuration (default organdetr)")
+    p.add_argument("-c", default="organdetr",
+                   help="organdetr (boxes, default), ccq or dodnet (label maps CASE<file_ending>)")
     p.add_argument("-tr", default=None, metavar="TRAINER",
                    help="trainer folder name (default: the configuration's trainer, e.g. OrganDETRTrainer)")
     p.add_argument("-p", default=None, metavar="PLANS", help="plans name (default autoorganPlans)")
@@ -66,9 +69,6 @@ def main(argv: list[str] | None = None) -> None:
     from autoorgan.cli.train import trainer_class
     from autoorgan.paths import find_dataset_name, results_root
     from autoorgan.plans import PLANS_NAME
-    if args.c == "ccq":
-        raise UserError("-c ccq: the CCQ configuration is not available in this version yet (docs/status.md); use "
-                        "-c organdetr")
     cls = trainer_class(args.c)
     try:
         name = find_dataset_name(args.d, results_root())

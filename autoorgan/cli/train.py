@@ -7,7 +7,9 @@ import os
 from autoorgan.errors import UserError, cli_entry
 from autoorgan.paths import find_dataset_name
 
-TRAINERS = {"organdetr": "autoorgan.trainers.organdetr:OrganDETRTrainer"}
+TRAINERS = {"organdetr": "autoorgan.trainers.organdetr:OrganDETRTrainer",
+            "ccq": "autoorgan.trainers.ccq:CCQTrainer",
+            "dodnet": "autoorgan.trainers.ccq:DoDNetTrainer"}  # DoDNet baseline on the ccq plans
 
 
 def trainer_class(configuration: str):
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup_iters", type=int, default=d.warmup_iters,
                    help=f"linear warm-up iterations, at most 10%% of training (default {d.warmup_iters})")
     p.add_argument("--batch_size", type=int, default=None, help="batch size (default: from the plans)")
+    p.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget: stop after the first epoch that ends past it, then validate")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("-num_workers", type=int, default=None,
                    help="data loader worker processes (default: 2, or 0 with one CPU core)")
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,
+                       max_minutes=args.max_minutes,
                        num_workers=workers, extra=extra)
     fold = args.fold if args.fold == "all" else _int_fold(args.fold)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,4 +98,4 @@ def main(argv: list[str] | None = None) -> None:
     summary = run(args)
     if summary:
         m = summary.get("metrics", summary)
-        print(" ".join(f"{k} {m[k]:.4f}" for k in ("mAP", "mAR", "AP50", "AP75") if k in m))
+        print(" ".join(f"{k} {m[k]:.4f}" for k in ("mAP", "mAR", "AP50", "AP75", "mean_Dice", "mean_HD95") if k in m))

@@ -41,12 +41,14 @@ def resolve_device(name: str | None) -> torch.device:
     return select_device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-class OrganDETRPredictor:
-    """Predict organ boxes for scans with the folds of one trained Organ-DETR model folder."""
+class ModelFolderPredictor:
+    """The folds of one trained model folder, loaded for prediction (subclasses: what to predict and write)."""
+
+    configuration_name = ""
+    done_suffix = "_boxes.json"   # the file whose presence marks a finished case (written last)
 
     def __init__(self, model_folder: Path, folds: Sequence[str | int] | None = None,
                  checkpoint: str = "checkpoint_final.pth", device: str | None = None, tta: bool = False):
-        from autoorgan.networks.organdetr import OrganDETR
         self.model_folder = Path(model_folder)
         for f in ("plans.json", "dataset.json"):
             if not (self.model_folder / f).is_file():
@@ -57,9 +59,9 @@ class OrganDETRPredictor:
         self.plans = load_json(self.model_folder / "plans.json")
         self.dataset_json = load_json(self.model_folder / "dataset.json")
         self.configuration = self.model_folder.name.split("__")[-1]
-        if self.configuration != "organdetr":
-            raise UserError(f"{self.model_folder} holds a {self.configuration!r} model; this predictor runs "
-                            "organdetr models")
+        if self.configuration != self.configuration_name:
+            raise UserError(f"{self.model_folder} holds a {self.configuration!r} model, not "
+                            f"{self.configuration_name}; pick the matching -c")
         self.cfg = get_configuration(self.plans, self.configuration)
         have = available_folds(self.model_folder, checkpoint)
         self.folds = [str(f) for f in folds] if folds else have
@@ -84,11 +86,28 @@ class OrganDETRPredictor:
                 state = torch.load(path, map_location="cpu", weights_only=False)["network"]
             except Exception as err:
                 raise UserError(f"cannot read {path} ({type(err).__name__}); is the file complete?") from None
-            net = OrganDETR.from_plans(self.cfg, self.num_channels)
+            net = self.build_network()
             net.load_state_dict(state)
             self.networks.append(net.to(self.device).eval())
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         self.reader = PlansManager(self.plans).image_reader_writer_class()
+
+    def build_network(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
+                     save_png_file: bool = False) -> dict:
+        raise NotImplementedError
+
+
+class OrganDETRPredictor(ModelFolderPredictor):
+    """Predict organ boxes for scans with the folds of one trained Organ-DETR model folder."""
+
+    configuration_name = "organdetr"
+
+    def build_network(self) -> torch.nn.Module:
+        from autoorgan.networks.organdetr import OrganDETR
+        return OrganDETR.from_plans(self.cfg, self.num_channels)
 
     def detect_preprocessed(self, data: np.ndarray) -> Detections:
         """Preprocessed ``data [C, n0, n1, n2]`` -> fused detections (preprocessed frame, classes 0-based)."""
@@ -133,7 +152,7 @@ class FolderResult:
     seconds: float = 0.0
 
 
-def predict_folder(predictor: OrganDETRPredictor, input_folder: Path, output_folder: Path,
+def predict_folder(predictor: ModelFolderPredictor, input_folder: Path, output_folder: Path,
                    continue_prediction: bool = False, save_box_masks: bool = False, save_png_file: bool = False,
                    progress: bool = True) -> FolderResult:
     """Predict every case of ``input_folder`` into ``output_folder``; a failing case is reported and skipped."""
@@ -150,7 +169,7 @@ def predict_folder(predictor: OrganDETRPredictor, input_folder: Path, output_fol
     t0 = time.time()
     bar = tqdm(cases, unit="case", desc="Predicting", disable=not progress)
     for case in bar:
-        if continue_prediction and (output_folder / f"{case.case_id}_boxes.json").is_file():
+        if continue_prediction and (output_folder / f"{case.case_id}{predictor.done_suffix}").is_file():
             result.skipped.append(case.case_id)
             continue
         bar.set_postfix_str(case.case_id)
@@ -165,6 +184,51 @@ def predict_folder(predictor: OrganDETRPredictor, input_folder: Path, output_fol
     info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds,
             "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
             "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
+            "configuration": predictor.configuration,
             "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array order"}
     write_json_atomic(info, output_folder / "prediction_info.json")
     return result
+
+
+class SegmentationPredictor(ModelFolderPredictor):
+    """Label maps (``CASE<file_ending>`` on the input image's grid) from ccq or dodnet model folders: sliding
+    window over the preprocessed scan, per-class probabilities averaged over folds, classes combined (highest
+    probability above the plans' threshold), then resampled (nnU-Net's label resampling), un-cropped and
+    un-transposed onto the input grid."""
+
+    configuration_name = "ccq"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.done_suffix = self.dataset_json["file_ending"]
+        self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
+
+    def build_network(self) -> torch.nn.Module:
+        from autoorgan.networks.ccq import CCQ, DoDNet
+        cls = DoDNet if self.model_folder.name.startswith("DoDNet") else CCQ
+        return cls.from_plans(self.cfg, self.num_channels, len(self.label_values))
+
+    def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
+                     save_png_file: bool = False) -> dict:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from autoorgan.inference.segment import combine_classes
+        from autoorgan.inference.sliding import sliding_window_probs
+        from autoorgan.preprocessing import preprocess_for_inference
+        data, props = read_input_case(case, self.reader, self.num_channels)
+        pre, props = preprocess_for_inference(data, props, self.plans, self.configuration, self.dataset_json)
+        del data
+        patch = [int(p) for p in self.cfg["patch_size"]]
+        probs = sum(sliding_window_probs(net, pre, patch, self.device, len(self.label_values))
+                    for net in self.networks) / len(self.networks)
+        labels = combine_classes(probs, self.label_values, self.threshold)[None]
+        cm = PlansManager(self.plans).get_configuration(self.configuration)
+        crop_shape = [int(s) for s in props["shape_after_cropping_and_before_resampling"]]
+        spacing = [props["spacing"][i] for i in self.plans["transpose_forward"]]
+        back = np.asarray(cm.resampling_fn_seg(labels, crop_shape, self.cfg["spacing"], spacing))[0]
+        full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
+        full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
+        full = full.transpose(self.plans["transpose_backward"])
+        geometry = geometry_from_props(props, self.plans["transpose_backward"])
+        write_image_atomic(full, geometry, out_dir / f"{case.case_id}{self.done_suffix}")
+        return {"case_id": case.case_id, "labels_present": sorted(int(v) for v in np.unique(full) if v)}

@@ -1,0 +1,105 @@
+"""Patch samples for the segmentation configurations (ccq, dodnet): nnU-Net's patch loader and augmentation.
+
+Each training sample is one patch cropped the way nnunetv2's ``nnUNetDataLoader`` crops (its ``get_bbox`` and
+``crop_and_pad_nd``), with **class-aware** foreground oversampling: with probability 33 % an organ class is drawn
+uniformly among the classes that occur in some case, then a case containing it, and the patch is centred on one of
+its voxels (nnU-Net draws the case first and then one of its classes, which starves organs annotated in few cases);
+classes a case does not annotate are 0 in its label map, so oversampling only ever targets **annotated** organs.
+Otherwise a random case and a random patch. Patches are augmented by nnU-Net's training transforms
+(batchgeneratorsv2: rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma; mirroring only along the plans' ``mirror_axes``, none by default because left and
+right organs would swap). Sample ``g`` of a run is a pure function of ``(seed, g)`` (the random generators are
+seeded per sample and restored afterwards), which gives exact resume as for Organ-DETR.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+OVERSAMPLE_FOREGROUND = 0.33
+
+
+class PatchStream(torch.utils.data.Dataset):
+    """``num_samples`` patches ``{"image" [C, *patch], "seg" [1, *patch], "case_id"}`` by global index."""
+
+    def __init__(self, folder: Path, identifiers: Sequence[str], plans: dict, configuration: str,
+                 dataset_json: dict, seed: int, num_samples: int, mirror_axes: Sequence[int] = ()):
+        self.args = (str(folder), list(identifiers), plans, configuration, dataset_json, tuple(mirror_axes))
+        self.seed, self.num_samples = int(seed), int(num_samples)
+        self._loader = None
+
+    def _build(self):
+        from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+        from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        folder, ids, plans, configuration, dataset_json, mirror_axes = self.args
+        pm = PlansManager(plans)
+        cm = pm.get_configuration(configuration)
+        lm = pm.get_label_manager(dataset_json)
+        patch = list(cm.patch_size)
+        rot = (-30. / 360 * 2. * np.pi, 30. / 360 * 2. * np.pi)
+        initial = get_patch_size(patch, rot, rot, rot, (0.85, 1.25))
+        tr = nnUNetTrainer.get_training_transforms(patch, rot, None, mirror_axes, False, cm.use_mask_for_norm,
+                                                   False, lm.foreground_labels, None, None)
+        self._data = nnUNetDatasetBlosc2(folder, ids)
+        self._loader = nnUNetDataLoader(self._data, 1, initial, patch, lm, OVERSAMPLE_FOREGROUND,
+                                        probabilistic_oversampling=True, transforms=tr)
+        self._ids = list(ids)
+        self._class_cases: dict[int, list[str]] = {}
+        import pickle
+        for ident in ids:
+            with open(Path(folder) / f"{ident}.pkl", "rb") as fh:
+                locs = pickle.load(fh).get("class_locations", {})
+            for c, where in locs.items():
+                if len(where):
+                    self._class_cases.setdefault(int(c), []).append(ident)
+        self._classes = sorted(self._class_cases)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, g: int) -> dict:
+        if self._loader is None:
+            self._build()
+        from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+        rng = np.random.default_rng([self.seed, int(g)])
+        force = bool(self._classes) and rng.random() < OVERSAMPLE_FOREGROUND
+        if force:
+            cls = self._classes[int(rng.integers(len(self._classes)))]
+            ident = self._class_cases[cls][int(rng.integers(len(self._class_cases[cls])))]
+        else:
+            cls, ident = None, self._ids[int(rng.integers(len(self._ids)))]
+        state = (np.random.get_state(), torch.get_rng_state(), random.getstate())
+        s = int(rng.integers(2 ** 31))
+        np.random.seed(s)
+        torch.manual_seed(s)
+        random.seed(s)
+        try:
+            data, seg, _, props = self._data.load_case(ident)
+            lbs, ubs = self._loader.get_bbox(data.shape[1:], force, props["class_locations"], overwrite_class=cls)
+            bbox = [[a, b] for a, b in zip(lbs, ubs)]
+            image = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()
+            labels = torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)
+            out = self._loader.transforms(image=image, segmentation=labels)
+        finally:
+            np.random.set_state(state[0])
+            torch.set_rng_state(state[1])
+            random.setstate(state[2])
+        return {"image": out["image"], "seg": out["segmentation"], "case_id": ident}
+
+
+def collate_patches(items: list[dict]) -> dict:
+    return {"image": torch.stack([torch.as_tensor(i["image"]) for i in items]),
+            "seg": torch.stack([torch.as_tensor(i["seg"]) for i in items]),
+            "case_id": [i["case_id"] for i in items]}
+
+
+def binary_targets(seg: torch.Tensor, label_values: Sequence[int]) -> torch.Tensor:
+    """Label maps ``[B, 1, ...]`` -> per-class binary targets ``[B, K, ...]`` (float) for ``label_values``."""
+    values = torch.as_tensor(list(label_values), device=seg.device).view(1, -1, *([1] * (seg.ndim - 2)))
+    return (seg.long() == values).float()

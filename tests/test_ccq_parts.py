@@ -1,0 +1,97 @@
+"""CCQ / DoDNet parts: partial-label loss, networks at the planned and another patch size, class combination."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+ARCH = {"n_stages": 4, "features_per_stage": [8, 16, 32, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 4, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+        "n_conv_per_stage": [1, 1, 1, 1], "n_conv_per_stage_decoder": [1, 1, 1], "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True}}
+PATCH = (16, 24, 32)
+
+
+def test_loss_ignores_unannotated_classes():
+    from autoorgan.losses.partial_binary import partial_dice_bce
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    targets = (torch.rand(2, 3, 4, 5, 6) > 0.7).float()
+    annotated = torch.tensor([[True, False, True], [False, True, True]])
+    loss, _ = partial_dice_bce(logits, targets, annotated)
+    loss.backward()
+    g = logits.grad.abs().sum((2, 3, 4))
+    assert (g[~annotated] == 0).all() and (g[annotated] > 0).all()
+    # changing an unannotated class's prediction or target changes nothing
+    other = logits.detach().clone()
+    other[0, 1] = 50.0
+    t2 = targets.clone()
+    t2[1, 0] = 1 - t2[1, 0]
+    assert partial_dice_bce(other, t2, annotated)[0].item() == pytest.approx(loss.item(), abs=1e-6)
+    # nothing annotated: zero loss that still backpropagates
+    z, _ = partial_dice_bce(logits, targets, torch.zeros(2, 3, dtype=torch.bool))
+    assert z.item() == 0.0 and z.requires_grad
+
+
+def test_perfect_prediction_has_small_loss():
+    from autoorgan.losses.partial_binary import partial_dice_bce
+    targets = torch.zeros(1, 2, 6, 6, 6)
+    targets[0, 0, 1:4, 1:4, 1:4] = 1
+    targets[0, 1, 4:6, 4:6, 4:6] = 1
+    good = (targets * 2 - 1) * 20
+    bad = -good
+    ann = torch.ones(1, 2, dtype=torch.bool)
+    assert partial_dice_bce(good, targets, ann)[0] < 1e-3 < partial_dice_bce(bad, targets, ann)[0]
+
+
+@pytest.mark.parametrize("name", ["ccq", "dodnet"])
+@pytest.mark.parametrize("shape", [PATCH, (16, 32, 16)])
+def test_networks_run_at_planned_and_other_sizes(name, shape):
+    from autoorgan.networks.ccq import CCQ, DoDNet
+    torch.manual_seed(0)
+    net = CCQ(1, 5, ARCH, PATCH, num_queries=6, hidden_dim=16, num_heads=2) if name == "ccq" else DoDNet(1, 5, ARCH)
+    x = torch.randn(2, 1, *shape)
+    out = net(x, torch.tensor([0, 3]))
+    assert out.shape == (2, 2, *shape)
+    full = net(x)
+    assert full.shape == (2, 5, *shape)
+    assert torch.allclose(full[:, [0, 3]], out, atol=1e-5)  # a class's map does not depend on the others asked
+    assert not torch.allclose(full[:, 0], full[:, 1])        # classes are conditioned differently
+    full.sum().backward()
+    assert all(p.grad is not None for n, p in net.named_parameters() if "task_tokens" not in n)
+
+
+def test_ccq_attentive_skip_is_eq5():
+    """S_a = sigmoid(Conv([U; S])) * S + S: with the gate's weights zeroed, S_a = 1.5 S."""
+    from autoorgan.networks.ccq import UNetParts
+    parts = UNetParts(1, ARCH, attentive_skips=True)
+    with torch.no_grad():
+        for g in parts.gates:
+            g.weight.zero_()
+            g.bias.zero_()
+    skips = parts.encoder(torch.randn(1, 1, *PATCH))
+    x = skips[-1]
+    for i, (up, block) in enumerate(zip(parts.up, parts.blocks)):
+        u = up(x)
+        expected = u + 1.5 * skips[-(i + 2)]   # input of the last decoder block, computed by hand
+        x = block(expected)
+    seen = {}
+    parts.blocks[-1].register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    parts.decode(skips[-1], skips)
+    assert torch.allclose(seen["x"], expected, atol=1e-5)
+
+
+def test_combine_classes_into_one_label_map():
+    from autoorgan.inference.segment import combine_classes
+    probs = torch.zeros(3, 2, 2, 1)
+    probs[0, 0, 0] = 0.9
+    probs[1, 0, 0] = 0.7      # lower than class 0 -> label of class 0
+    probs[1, 0, 1] = 0.6
+    probs[2, 1, 0] = 0.4      # below the threshold -> background
+    probs[2, 1, 1] = 0.8
+    out = combine_classes(probs, [1, 4, 9])
+    assert out[..., 0].tolist() == [[1, 4], [0, 9]]
+    assert combine_classes(probs, [1, 4, 9], threshold=0.75)[..., 0].tolist() == [[1, 0], [0, 9]]
+    assert out.dtype == np.uint8
