@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli, untrained_validation
 
 DATASET = "Dataset930_PhantomPartial"
-LEARNED_DICE = 0.3  # every organ, after 600 iterations of the tiny network (untrained: about 0)
+LEARNED_DICE = 0.2  # every organ, after 600 iterations of the tiny network (measured 0.33-0.90, mean 0.63)
 
 
 def tiny_ccq_plans(plans: dict) -> None:
@@ -56,8 +56,9 @@ def test_ccq_learning_check_segments_every_organ(ccq_roots, monkeypatch, tmp_pat
     untrained = _untrained_dice(ccq_roots, monkeypatch)
     for organ, m in summary["per_class"].items():
         before = untrained[organ]["Dice"]
-        assert m["Dice"] >= LEARNED_DICE and m["Dice"] >= before + 0.2, (organ, m["Dice"], before)
+        assert m["Dice"] >= LEARNED_DICE and m["Dice"] >= before + 0.15, (organ, m["Dice"], before)
         assert np.isfinite(m["HD95"]), organ
+    assert summary["mean_Dice"] >= 0.45, summary["per_class"]
     # prediction of new scans with -c ccq: one label map per case on the input grid, evaluated with Dice/HD95
     out = tmp_path / "pred"
     raw = ccq_roots["raw"] / DATASET

@@ -75,7 +75,7 @@ class ModelFolderPredictor:
         labels = foreground_labels(self.dataset_json)
         self.label_values = sorted(labels.values())
         self.label_names = {v: k for k, v in labels.items()}
-        self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
+        self.input_shape = tuple(int(v) for v in self.cfg.get("input_shape", self.cfg["patch_size"]))
         self.mirror_axes = tuple(int(a) for a in self.cfg.get("mirror_axes", ())) if tta else ()
         self.tta_requested = tta
         self.checkpoint = checkpoint
