@@ -1,10 +1,12 @@
 """Small file helpers: atomic writes (write to a temporary name in the same folder, then rename)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -35,6 +37,20 @@ def write_json_atomic(obj, path: Path, indent: int | None = 2) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (``.NAME.tmpPID`` + the same ending, so writers that choose the format
+    by the ending still work); on success it is renamed to ``path``, on failure removed."""
+    path = Path(path)
+    ending = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{ending}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def to_jsonable(obj):

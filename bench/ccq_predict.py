@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +63,8 @@ def child(which: str, dataset: str, case: str | None, configuration: str, device
 
 
 def main() -> None:
+    from predict import run_measured  # bench/predict.py: wall time and peak RSS of a child process
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-d", required=True)
     p.add_argument("--case", default=None)
@@ -78,12 +79,9 @@ def main() -> None:
     for which in ("nnunet", "ccq", "dodnet"):
         cmd = [sys.executable, __file__, "-d", args.d, "--configuration", args.configuration, "--device",
                args.device, "--child", which] + (["--case", args.case] if args.case else [])
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{which} failed")
-        res[which] = {**json.loads(out.strip().splitlines()[-1]), "peak_gb": usage.ru_maxrss * 1024 / 1e9}
+        _, peak_gb, out = run_measured(cmd, dict(os.environ))
+        last = [line for line in out.splitlines() if line.startswith("{")][-1]
+        res[which] = {**json.loads(last), "peak_gb": peak_gb}
         r = res[which]
         print(f"{which:7s}: {r['seconds']:.1f} s sliding window, peak RSS {r['peak_gb']:.2f} GB "
               f"(case {r['case']} {r['shape']}, patch {r['patch']})")

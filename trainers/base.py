@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoorgan.errors import UserError
-from autoorgan.fileio import load_json, write_json_atomic
+from autoorgan.fileio import atomic_output, load_json, write_json_atomic
 from autoorgan.paths import preprocessed_root, results_root
 from autoorgan.plans import PLANS_NAME, get_configuration, load_plans
 from autoorgan.splits import get_split
@@ -75,11 +75,10 @@ def select_device(name: str) -> torch.device:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 class EpochBatches:

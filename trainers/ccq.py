@@ -84,10 +84,8 @@ class CCQTrainer(TrainerBase):
                 data, seg, _, props = ds.load_case(ident)
                 pred = self.predict_case(np.asarray(data))
                 ref = np.asarray(seg[0])
-                per_case[ident] = case_mask_metrics(ref, pred, self.label_values, spacing, self.annotated[ident])
-                if not final:
-                    for m in per_case[ident].values():
-                        m["hd95"] = float("nan")
+                per_case[ident] = case_mask_metrics(ref, pred, self.label_values, spacing, self.annotated[ident],
+                                                    with_hd95=final)
         finally:
             model.train(was)
         summary = summarize_masks(per_case, self.names)

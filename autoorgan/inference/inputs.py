@@ -78,6 +78,9 @@ def find_input_cases(folder: Path, num_channels: int) -> tuple[list[InputCase], 
             channel_files.setdefault(m["case"], {})[int(m["ch"])] = entry
         else:
             cases[stem] = InputCase(stem, files=[entry])
+            if num_channels != 1:
+                cases[stem].problem = (f"plain file {entry.name} has one channel but the model expects {num_channels}; "
+                                       f"name the channels {stem}_0000 ... _{num_channels - 1:04d}")
     for cid, chans in channel_files.items():
         case = InputCase(cid, files=[chans[c] for c in sorted(chans)])
         want = list(range(num_channels))
@@ -88,11 +91,6 @@ def find_input_cases(folder: Path, num_channels: int) -> tuple[list[InputCase], 
         if cid in cases:
             case.problem = f"both {cases[cid].source} and channel files exist for this case id; keep one"
         cases[cid] = case
-    for case in cases.values():
-        if case.problem is None and case.dicom_dir is None and len(case.files) == 1 and num_channels != 1 and \
-                not _CHANNEL.match(_strip_ending(case.files[0].name)[0]):
-            case.problem = (f"plain file {case.files[0].name} has one channel but the model expects {num_channels}; "
-                            f"name the channels {case.case_id}_0000 ... _{num_channels - 1:04d}")
     if not cases:
         raise UserError(f"no images found in {folder} (expected {', '.join(IMAGE_ENDINGS)} files or DICOM series "
                         "folders)")

@@ -12,19 +12,15 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from autoorgan.boxes import Geometry
+from autoorgan.fileio import atomic_output
 
 SLICER_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
                  "markups-schema-v1.0.3.json#")
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def slicer_markups(record: dict) -> dict:
@@ -72,13 +68,8 @@ def write_image_atomic(array: np.ndarray, geometry: Geometry, path: Path) -> Non
     img.SetSpacing(geometry.spacing)
     img.SetOrigin(geometry.origin)
     img.SetDirection(geometry.direction)
-    ending = "".join(Path(path).suffixes[-2:]) if str(path).endswith(".nii.gz") else Path(path).suffix
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{ending}")
-    try:
+    with atomic_output(path) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_png(image: np.ndarray, organs: dict[int, tuple[np.ndarray, float]], names: dict[int, str],
@@ -107,10 +98,8 @@ def save_png(image: np.ndarray, organs: dict[int, tuple[np.ndarray, float]], nam
             ax.set_title(f"{names.get(label, label)} {score:.2f} (axis {a} = {centre[a]})", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    tmp = _tmp_path(path).with_suffix(".png")
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=80)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)

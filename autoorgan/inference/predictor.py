@@ -75,9 +75,7 @@ class ModelFolderPredictor:
         labels = foreground_labels(self.dataset_json)
         self.label_values = sorted(labels.values())
         self.label_names = {v: k for k, v in labels.items()}
-        self.input_shape = tuple(int(v) for v in self.cfg.get("input_shape", self.cfg["patch_size"]))
         self.mirror_axes = tuple(int(a) for a in self.cfg.get("mirror_axes", ())) if tta else ()
-        self.tta_requested = tta
         self.checkpoint = checkpoint
         self.networks = []
         for fold in self.folds:
@@ -104,6 +102,10 @@ class OrganDETRPredictor(ModelFolderPredictor):
     """Predict organ boxes for scans with the folds of one trained Organ-DETR model folder."""
 
     configuration_name = "organdetr"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
 
     def build_network(self) -> torch.nn.Module:
         from autoorgan.networks.organdetr import OrganDETR
@@ -200,8 +202,11 @@ class SegmentationPredictor(ModelFolderPredictor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         self.done_suffix = self.dataset_json["file_ending"]
         self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
+        self.patch_size = [int(p) for p in self.cfg["patch_size"]]
+        self.resample_labels = PlansManager(self.plans).get_configuration(self.configuration).resampling_fn_seg
 
     def build_network(self) -> torch.nn.Module:
         from autoorgan.networks.ccq import CCQ, DoDNet
@@ -210,22 +215,18 @@ class SegmentationPredictor(ModelFolderPredictor):
 
     def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
                      save_png_file: bool = False) -> dict:
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
         from autoorgan.inference.segment import combine_classes
         from autoorgan.inference.sliding import sliding_window_probs
         from autoorgan.preprocessing import preprocess_for_inference
         data, props = read_input_case(case, self.reader, self.num_channels)
         pre, props = preprocess_for_inference(data, props, self.plans, self.configuration, self.dataset_json)
         del data
-        patch = [int(p) for p in self.cfg["patch_size"]]
-        probs = sum(sliding_window_probs(net, pre, patch, self.device, len(self.label_values))
+        probs = sum(sliding_window_probs(net, pre, self.patch_size, self.device, len(self.label_values))
                     for net in self.networks) / len(self.networks)
         labels = combine_classes(probs, self.label_values, self.threshold)[None]
-        cm = PlansManager(self.plans).get_configuration(self.configuration)
         crop_shape = [int(s) for s in props["shape_after_cropping_and_before_resampling"]]
         spacing = [props["spacing"][i] for i in self.plans["transpose_forward"]]
-        back = np.asarray(cm.resampling_fn_seg(labels, crop_shape, self.cfg["spacing"], spacing))[0]
+        back = np.asarray(self.resample_labels(labels, crop_shape, self.cfg["spacing"], spacing))[0]
         full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
         full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
         full = full.transpose(self.plans["transpose_backward"])
