@@ -90,16 +90,51 @@ class PatchStream(torch.utils.data.Dataset):
             np.random.set_state(state[0])
             torch.set_rng_state(state[1])
             random.setstate(state[2])
-        return {"image": out["image"], "seg": out["segmentation"], "case_id": ident}
+        return {"image": out["image"], "seg": out["segmentation"], "case_id": ident, "index": int(g),
+                "forced_class": -1 if cls is None else int(cls)}
 
 
 def collate_patches(items: list[dict]) -> dict:
     return {"image": torch.stack([torch.as_tensor(i["image"]) for i in items]),
             "seg": torch.stack([torch.as_tensor(i["seg"]) for i in items]),
-            "case_id": [i["case_id"] for i in items]}
+            "case_id": [i["case_id"] for i in items],
+            "index": [int(i.get("index", -1)) for i in items],
+            "forced_class": [int(i.get("forced_class", -1)) for i in items]}
 
 
-def binary_targets(seg: torch.Tensor, label_values: Sequence[int]) -> torch.Tensor:
-    """Label maps ``[B, 1, ...]`` -> per-class binary targets ``[B, K, ...]`` (float) for ``label_values``."""
-    values = torch.as_tensor(list(label_values), device=seg.device).view(1, -1, *([1] * (seg.ndim - 2)))
+def choose_classes(label_values: Sequence[int], annotated: set[int], present: set[int], k: int,
+                   rng: np.random.Generator, prefer: int | None = None) -> tuple[list[int], list[bool]]:
+    """The ``k`` classes one patch is trained on (CCQ: one decoder pass per class, so not all ``K`` of them).
+
+    Returns (indices into ``label_values`` ``[k]``, annotated flags ``[k]``). Only **annotated** classes are chosen:
+    first one annotated class present in the patch (``prefer`` -- the class the patch was centred on -- if it is
+    present, else a random present one), then the others uniformly among the remaining annotated classes, present
+    or not (absent ones teach "nothing here" through BCE). Where the case annotates fewer than ``k`` classes the rest
+    are filled with unannotated classes flagged ``False`` (the loss ignores them). The CCQ paper's training items are
+    (image, one task) pairs, i.e. ``k = 1``.
+    """
+    values = list(label_values)
+    ann = [v for v in values if v in annotated]
+    chosen: list[int] = []
+    pres = [v for v in ann if v in present]
+    if pres and k > 0:
+        chosen.append(prefer if prefer in pres else pres[int(rng.integers(len(pres)))])
+    rest = [v for v in ann if v not in chosen]
+    take = min(k - len(chosen), len(rest))
+    if take > 0:
+        chosen += [rest[int(i)] for i in rng.choice(len(rest), size=take, replace=False)]
+    flags = [True] * len(chosen)
+    fill = [v for v in values if v not in chosen]
+    while len(chosen) < k:
+        chosen.append(fill[len(chosen) % len(fill)] if fill else values[0])
+        flags.append(False)
+    return [values.index(v) for v in chosen], flags
+
+
+def binary_targets(seg: torch.Tensor, label_values: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Label maps ``[B, 1, ...]`` -> per-class binary targets ``[B, K, ...]`` (float) for ``label_values``: a list
+    ``[K]`` (the same classes for every patch) or a tensor ``[B, K]`` (label values per patch)."""
+    values = torch.as_tensor(label_values, device=seg.device)
+    values = values.view(1, -1) if values.ndim == 1 else values           # [1 or B, K]
+    values = values.view(*values.shape, *([1] * (seg.ndim - 2)))
     return (seg.long() == values).float()

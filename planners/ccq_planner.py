@@ -11,6 +11,7 @@ from autoorgan.dataset.raw import annotated_labels, annotation_sets, foreground_
 from autoorgan.planners.base import AutoOrganPlannerBase
 
 NUM_CLASS_QUERIES = 32  # CCQ paper, N_q
+TRAIN_CLASSES_PER_PATCH = 2  # classes decoded per training patch (one present in it + one other annotated)
 
 
 class CCQPlanner(AutoOrganPlannerBase):
@@ -39,7 +40,7 @@ class CCQPlanner(AutoOrganPlannerBase):
         plan["batch_dice"] = False
         plan["ccq"] = {"num_class_queries": NUM_CLASS_QUERIES, "members": members,
                        "classes": list(foreground_labels(self.dataset_json)),
-                       "combine_threshold": 0.5}
+                       "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH}
         plan["_why"] = {
             "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
                        "anisotropic axis)",
@@ -49,6 +50,9 @@ class CCQPlanner(AutoOrganPlannerBase):
             "num_class_queries": "CCQ paper: N_q = 32 learned semantic concepts",
             "members": f"{len(members)} group(s) of cases by annotated labels; each case's loss uses only its "
                        "annotated classes",
+            "train_classes_per_patch": "CCQ decodes every class separately; training decodes 2 annotated classes "
+                                       "per patch (one present in it, one other at random; the paper trains on "
+                                       "(image, one task) pairs), inference all of them. DoDNet trains all classes",
             "combine_threshold": "inference: a voxel takes the most probable class if that probability is > 0.5",
         }
         return plan

@@ -95,3 +95,49 @@ def test_combine_classes_into_one_label_map():
     assert out[..., 0].tolist() == [[1, 4], [0, 9]]
     assert combine_classes(probs, [1, 4, 9], threshold=0.75)[..., 0].tolist() == [[1, 0], [0, 9]]
     assert out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", ["ccq", "dodnet"])
+def test_per_image_classes_match_shared_classes(name):
+    """Training asks each image for its own classes ([B, K]); every (image, class) map must equal the one the
+    network gives when that image is asked for that class alone."""
+    from autoorgan.networks.ccq import CCQ, DoDNet
+    torch.manual_seed(0)
+    net = (CCQ(1, 4, ARCH, PATCH, num_queries=4, hidden_dim=16, num_heads=2) if name == "ccq"
+           else DoDNet(1, 4, ARCH)).eval()
+    x = torch.randn(2, 1, *PATCH)
+    classes = torch.tensor([[3, 0], [1, 1]])
+    with torch.no_grad():
+        out = net(x, classes)
+        assert out.shape == (2, 2, *PATCH)
+        for b in range(2):
+            for j in range(2):
+                alone = net(x[b:b + 1], classes[b, j:j + 1])[0, 0]
+                assert torch.allclose(out[b, j], alone, atol=1e-4)
+    with pytest.raises(ValueError):
+        net(x, torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_choose_classes_trains_annotated_classes_only():
+    from autoorgan.patch_sampling import binary_targets, choose_classes
+    values = [1, 2, 3, 4, 5]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        idx, ann = choose_classes(values, {2, 4, 5}, present={0, 4, 5}, k=2, rng=rng, prefer=None)
+        chosen = [values[i] for i in idx]
+        assert all(ann) and len(set(chosen)) == 2 and set(chosen) <= {2, 4, 5}
+        assert chosen[0] in {4, 5}            # one class present in the patch comes first
+    # the class the patch was centred on is the present one chosen
+    assert all(values[choose_classes(values, {2, 4, 5}, {4, 5}, 2, rng, prefer=5)[0][0]] == 5 for _ in range(20))
+    # nothing present: annotated classes still trained (as "absent")
+    idx, ann = choose_classes(values, {1, 3}, set(), 2, rng)
+    assert sorted(values[i] for i in idx) == [1, 3] and all(ann)
+    # fewer annotated classes than k: the rest is filled with unannotated classes the loss ignores
+    idx, ann = choose_classes(values, {3}, {3}, 3, rng)
+    assert [values[i] for i in idx][0] == 3 and ann == [True, False, False] and len(set(idx)) == 3
+    # per-patch label values -> per-patch binary targets
+    seg = torch.tensor([[[[1, 2], [3, 0]]], [[[2, 2], [0, 3]]]])          # [2, 1, 2, 2]
+    t = binary_targets(seg, torch.tensor([[3, 1], [2, 5]]))
+    assert t.shape == (2, 2, 2, 2)
+    assert t[0, 0].tolist() == [[0, 0], [1, 0]] and t[0, 1].tolist() == [[1, 0], [0, 0]]
+    assert t[1, 0].tolist() == [[1, 1], [0, 0]] and t[1, 1].sum() == 0

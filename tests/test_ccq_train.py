@@ -9,7 +9,8 @@ import pytest
 from conftest import run_cli, untrained_validation
 
 DATASET = "Dataset930_PhantomPartial"
-LEARNED_DICE = 0.2  # every organ, after 600 iterations of the tiny network (measured 0.33-0.90, mean 0.63)
+LEARNED_DICE = 0.2  # every organ, after 600 iterations of the tiny network
+LEARNED_MEAN = 0.40  # measured with 2 classes per patch (plans default): 0.31-0.79, mean 0.48 (all 7 classes: mean 0.63)
 
 
 def tiny_ccq_plans(plans: dict) -> None:
@@ -34,6 +35,7 @@ def ccq_roots(tmp_path_factory):
     assert res.returncode == 0, res.stderr
     path = roots["preprocessed"] / DATASET / "autoorganPlans.json"
     plans = json.loads(path.read_text())
+    assert plans["configurations"]["ccq"]["ccq"]["train_classes_per_patch"] == 2  # the learning check trains that
     tiny_ccq_plans(plans)
     path.write_text(json.dumps(plans))
     return roots
@@ -58,7 +60,7 @@ def test_ccq_learning_check_segments_every_organ(ccq_roots, monkeypatch, tmp_pat
         before = untrained[organ]["Dice"]
         assert m["Dice"] >= LEARNED_DICE and m["Dice"] >= before + 0.15, (organ, m["Dice"], before)
         assert np.isfinite(m["HD95"]), organ
-    assert summary["mean_Dice"] >= 0.45, summary["per_class"]
+    assert summary["mean_Dice"] >= LEARNED_MEAN, summary["per_class"]
     # prediction of new scans with -c ccq: one label map per case on the input grid, evaluated with Dice/HD95
     out = tmp_path / "pred"
     raw = ccq_roots["raw"] / DATASET

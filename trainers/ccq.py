@@ -18,7 +18,7 @@ from autoorgan.inference.segment import combine_classes
 from autoorgan.inference.sliding import sliding_window_probs
 from autoorgan.losses.partial_binary import partial_dice_bce
 from autoorgan.networks.ccq import CCQ, DoDNet
-from autoorgan.patch_sampling import PatchStream, binary_targets, collate_patches
+from autoorgan.patch_sampling import PatchStream, binary_targets, choose_classes, collate_patches
 from autoorgan.trainers.base import TrainerBase
 
 
@@ -28,6 +28,7 @@ class CCQTrainer(TrainerBase):
     lr_schedule = "poly"
     default_grad_clip = 12.0  # nnU-Net's
     network_class = CCQ
+    all_classes_in_training = False  # True: every patch trains all K classes (DoDNet: its per-class head is cheap)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -35,7 +36,11 @@ class CCQTrainer(TrainerBase):
         self.label_values = sorted(labels.values())
         self.names = {v: k for k, v in labels.items()}
         self.patch_size = [int(p) for p in self.cfg["patch_size"]]
-        self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
+        ccq = self.cfg.get("ccq", {})
+        self.threshold = float(ccq.get("combine_threshold", 0.5))
+        k = ccq.get("train_classes_per_patch")
+        self.classes_per_patch = None if (self.all_classes_in_training or k is None) else \
+            max(1, min(int(k), len(self.label_values)))
         self.annotated = {}
         for ident in self.train_ids + self.val_ids:
             props = self._props(ident)
@@ -61,10 +66,25 @@ class CCQTrainer(TrainerBase):
 
     def compute_loss(self, batch):
         image = batch["image"].to(self.device, non_blocking=True)
-        targets = binary_targets(batch["seg"].to(self.device), self.label_values)
-        annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
-                                 device=self.device)
-        return self.loss(self.network(image), targets, annotated)
+        seg = batch["seg"].to(self.device)
+        if self.classes_per_patch is None:
+            targets = binary_targets(seg, self.label_values)
+            annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
+                                     device=self.device)
+            return self.loss(self.network(image), targets, annotated)
+        chosen, flags = [], []
+        for i, case in enumerate(batch["case_id"]):
+            present = set(torch.unique(seg[i]).tolist())
+            # a pure function of the sample: exact resume, whatever the batch composition
+            rng = np.random.default_rng([self.opt.seed, int(batch["index"][i]), 1])
+            idx, ann = choose_classes(self.label_values, self.annotated[case], present, self.classes_per_patch,
+                                      rng, prefer=batch["forced_class"][i])
+            chosen.append(idx)
+            flags.append(ann)
+        classes = torch.tensor(chosen, device=self.device)                       # [B, k] label indices
+        values = torch.tensor(self.label_values, device=self.device)[classes]   # [B, k] label values
+        annotated = torch.tensor(flags, device=self.device)
+        return self.loss(self.network(image, classes), binary_targets(seg, values), annotated)
 
     # ---- validation --------------------------------------------------------------------------------------------
     def predict_case(self, data: np.ndarray) -> np.ndarray:
@@ -108,3 +128,4 @@ class DoDNetTrainer(CCQTrainer):
 
     configuration = "ccq"   # same plans and preprocessed data as ccq
     network_class = DoDNet
+    all_classes_in_training = True

@@ -15,7 +15,9 @@ map per class):
 * CNN decoder with attentive skips ``S_a = sigmoid(Conv1x1([U; S])) * S + S`` added to the upsampled map ``U``
   (eq. 5), then the stage's convolutions; a 1x1x1 head gives the class's logit map.
 
-Classes are batched: the encoder runs once, the class-conditioned part and the decoder run on ``B * K`` items.
+Classes are batched: the encoder runs once, the class-conditioned part and the decoder run on ``B * K`` items. The
+classes may be the same for every image (``[K]``, inference: all of them) or chosen per image (``[B, K]``, training
+on a few annotated classes per patch, since every class costs one decoder pass).
 """
 from __future__ import annotations
 
@@ -119,30 +121,42 @@ class CCQ(nn.Module):
                    depth=int(ccq.get("transformer_depth", 1)))
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        if classes is None:
-            classes = torch.arange(self.num_classes, device=x.device)
+        """``x [B, C_in, D, H, W]``; ``classes`` (indices into the dataset's labels) ``[K]`` for every image, or
+        ``[B, K]`` per image (training on a few classes per patch), default all -> logits ``[B, K, D, H, W]``."""
+        classes = _classes_per_image(classes, x.shape[0], self.num_classes, x.device)
         skips = self.unet.encoder(x)
         feat = self.proj_in(skips[-1])                                   # [B, c, d, h, w]
         b, c, *grid = feat.shape
         pos = _resize_grid(self.pos, grid).flatten(2).transpose(1, 2)    # [1, N, c]
         tokens = feat.flatten(2).transpose(1, 2)                         # F^T [B, N, c]
         f_enc = self.image_tsa(tokens + pos)                             # eq. 1
-        k = classes.numel()
-        teb = self.task_tokens(classes)                                  # [K, c]
-        q_in = torch.cat([teb[:, None], self.concepts[None].expand(k, -1, -1)], 1)  # [K, 1 + N_q, c]
-        q_enc = self.query_tsa(q_in)[:, 1:]                              # eq. 2 -> [K, N_q, c]
+        k = classes.shape[1]
+        teb = self.task_tokens(classes).reshape(b * k, 1, c)             # [B*K, 1, c]
+        q_in = torch.cat([teb, self.concepts[None].expand(b * k, -1, -1)], 1)  # [B*K, 1 + N_q, c]
+        q = self.query_tsa(q_in)[:, 1:]                                  # eq. 2 -> Q_enc [B*K, N_q, c]
         # per (image, class): queries attend to [Q_enc; F_enc + P]
-        q = q_enc[None].expand(b, -1, -1, -1).reshape(b * k, self.num_queries, c)
         kv_img = (f_enc + pos)[:, None].expand(-1, k, -1, -1).reshape(b * k, -1, c)
         kv = self.tca_norm_kv(torch.cat([q, kv_img], 1))
         q_dec = q + self.tca(self.tca_norm_q(q), kv, kv, need_weights=False)[0]  # eq. 3
-        teb_bk = teb[None].expand(b, -1, -1).reshape(b * k, 1, c).expand(-1, self.num_queries, -1)
+        teb_bk = teb.expand(-1, self.num_queries, -1)
         q_w = torch.sigmoid(self.gate(torch.cat([q_dec, q, teb_bk], -1))) * q_dec  # eq. 4
         q_d = self.to_grid(q_w.transpose(1, 2)).reshape(b * k, c, *self.grid)
         q_d = self.proj_out(_resize_grid(q_d, grid))                     # [B*K, C_last, d, h, w]
         skips_bk = [s[:, None].expand(-1, k, *s.shape[1:]).reshape(b * k, *s.shape[1:]) for s in skips]
         out = self.head(self.unet.decode(q_d, skips_bk))                 # [B*K, 1, D, H, W]
         return out.reshape(b, k, *out.shape[2:])
+
+
+def _classes_per_image(classes: torch.Tensor | None, b: int, num_classes: int, device) -> torch.Tensor:
+    """``None`` (all), ``[K]`` or ``[B, K]`` class indices -> ``[B, K]`` long on ``device``."""
+    if classes is None:
+        classes = torch.arange(num_classes, device=device)
+    classes = torch.as_tensor(classes, device=device).long()
+    if classes.ndim == 1:
+        classes = classes[None].expand(b, -1)
+    if classes.ndim != 2 or classes.shape[0] != b:
+        raise ValueError(f"classes must be [K] or [B, K] with B = {b}, got {tuple(classes.shape)}")
+    return classes
 
 
 class DoDNet(nn.Module):
@@ -170,14 +184,13 @@ class DoDNet(nn.Module):
         return cls(input_channels, num_classes, configuration["architecture"]["arch_kwargs"])
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        if classes is None:
-            classes = torch.arange(self.num_classes, device=x.device)
+        classes = _classes_per_image(classes, x.shape[0], self.num_classes, x.device)   # [B, K]
         skips = self.unet.encoder(x)
         feat = self.pre_head(self.unet.decode(skips[-1], skips))         # [B, 8, D, H, W]
-        b, k = x.shape[0], classes.numel()
+        b, k = classes.shape
         pooled = skips[-1].mean((2, 3, 4))                                # [B, C_last]
-        onehot = F.one_hot(classes, self.num_classes).to(pooled.dtype)    # [K, M]
-        code = torch.cat([pooled[:, None].expand(-1, k, -1), onehot[None].expand(b, -1, -1)], -1)
+        onehot = F.one_hot(classes, self.num_classes).to(pooled.dtype)    # [B, K, M]
+        code = torch.cat([pooled[:, None].expand(-1, k, -1), onehot], -1)
         params = self.controller(code.reshape(b * k, -1, 1, 1, 1)).flatten(1)  # [B*K, P]
         chunks = torch.split(params, self.param_sizes, 1)
         h = feat[:, None].expand(-1, k, *feat.shape[1:]).reshape(b * k, *feat.shape[1:])
