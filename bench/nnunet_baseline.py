@@ -76,8 +76,16 @@ def main() -> None:
         except Budget:
             trainer.print_to_log_file(f"time budget of {args.max_minutes} min reached; stopping")
             trainer.on_train_end()
-        trainer.perform_actual_validation(False)
-        print(f"nnU-Net baseline done: {trainer.output_folder}")
+        try:
+            trainer.perform_actual_validation(False)
+        except FileNotFoundError as e:
+            # nnU-Net scores its exports against preprocessed/gt_segmentations, which we do not write: its metrics
+            # would count unannotated organs as background anyway. The exports are complete at this point.
+            if "gt_segmentations" not in str(e):
+                raise
+        val = Path(trainer.output_folder) / "validation"
+        print(f"nnU-Net baseline done: {trainer.output_folder}\nevaluate its validation exports (unannotated organs "
+              f"left out): autoorgan_evaluate -ref $autoorgan_raw/{name}/labelsTr -pred {val} -d {args.dataset}")
 
 
 if __name__ == "__main__":

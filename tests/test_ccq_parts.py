@@ -63,6 +63,26 @@ def test_networks_run_at_planned_and_other_sizes(name, shape):
     assert all(p.grad is not None for n, p in net.named_parameters() if "task_tokens" not in n)
 
 
+def test_ccq_class_token_steers_queries_when_residual_stream_grows():
+    """Regression: on OpenKBP the transformers' (pre-norm) residual streams grew to ~1e3 and the class token's share
+    of the gated queries (eq. 4) fell to ~0, so every class map came out the same. Grow them by hand: the gated
+    queries must still differ by class (relative spread ~0.13 with output norms, ~0.0005 without)."""
+    from autoorgan.networks.ccq import CCQ
+    torch.manual_seed(0)
+    net = CCQ(1, 5, ARCH, PATCH, num_queries=6, hidden_dim=16, num_heads=2).eval()
+    seen = {}
+    net.to_grid.register_forward_hook(lambda m, inp, out: seen.__setitem__("q_w", inp[0].detach()))  # [K, c, N_q]
+    with torch.no_grad():
+        for enc in (net.image_tsa, net.query_tsa):
+            for layer in enc.layers:
+                layer.linear2.weight.mul_(1000)
+                layer.linear2.bias.add_(torch.randn_like(layer.linear2.bias) * 1000)
+        net.concepts.mul_(1000)
+        net(torch.randn(1, 1, *PATCH))
+    q_w = seen["q_w"]
+    assert float(q_w.std(0).mean() / q_w.std()) > 0.05
+
+
 def test_ccq_attentive_skip_is_eq5():
     """S_a = sigmoid(Conv([U; S])) * S + S: with the gate's weights zeroed, S_a = 1.5 S."""
     from autoorgan.networks.ccq import UNetParts

@@ -266,6 +266,21 @@ def test_bad_arguments_give_one_line_errors(model_roots, tmp_path, args, message
     assert not list((tmp_path / "out").glob("*_boxes.json"))  # nothing half-written
 
 
+def test_checkpoint_of_another_network_version_is_a_one_line_error(model_roots, tmp_path):
+    roots = dict(model_roots, results=tmp_path / "results")
+    shutil.copytree(model_roots["results"], roots["results"])
+    ck = roots["results"] / DATASET / MODEL / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(ck, weights_only=False)
+    state["network"].pop(next(iter(state["network"])))   # a parameter this version's network has
+    state["network"]["renamed.weight"] = torch.zeros(1)  # and one it does not
+    torch.save(state, ck)
+    res = run_cli("autoorgan_predict", "-i", str(_input_folder(tmp_path, 1)), "-o", str(tmp_path / "out"), "-d", "900",
+                  "-device", "cpu", env_roots=roots)
+    assert res.returncode == 2, res.stderr
+    assert "does not fit this network" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def test_kill_during_prediction_then_continue(model_roots, tmp_path):
     folder = _input_folder(tmp_path, 12)
     out = tmp_path / "out"

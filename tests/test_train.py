@@ -145,6 +145,16 @@ def test_missing_preprocessing_and_changed_options(trained_roots, tmp_path):
     shutil.rmtree(fold)
 
 
+def test_continuing_from_a_checkpoint_of_another_network_is_a_one_line_error(trained_roots):
+    fold = _fold(trained_roots, "OtherNetwork", 0)
+    fold.mkdir(parents=True)
+    torch.save({"network": {"renamed.weight": torch.zeros(1)}}, fold / "checkpoint_latest.pth")
+    res = _train(trained_roots, "0", "-device", "cpu", "--c", "-tr", "OtherNetwork")
+    assert res.returncode == 2 and "does not fit this network" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    shutil.rmtree(fold)
+
+
 def test_preprocessed_boxes_map_back_to_the_raw_label_boxes(trained_roots):
     """Crop, resampling and transpose undone: the stored box of every organ lands on the raw label map's box."""
     import pickle

@@ -253,7 +253,11 @@ class TrainerBase:
             ck = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # a checkpoint from another version, or a damaged file
             raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); delete it to start over") from None
-        self.module.load_state_dict(ck["network"])
+        try:
+            self.module.load_state_dict(ck["network"])
+        except RuntimeError:  # keys or shapes differ: another network version, or other plans
+            raise UserError(f"checkpoint {path} does not fit this network (made by another autoorgan version or "
+                            "other plans); delete it to start over") from None
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.best, self.history = ck["epoch"], ck["best"], ck["history"]

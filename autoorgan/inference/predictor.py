@@ -85,7 +85,11 @@ class ModelFolderPredictor:
             except Exception as err:
                 raise UserError(f"cannot read {path} ({type(err).__name__}); is the file complete?") from None
             net = self.build_network()
-            net.load_state_dict(state)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError:  # keys or shapes differ
+                raise UserError(f"{path} does not fit this network (trained with another autoorgan version or "
+                                "other plans); retrain, or predict with the version that trained it") from None
             self.networks.append(net.to(self.device).eval())
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         self.reader = PlansManager(self.plans).image_reader_writer_class()

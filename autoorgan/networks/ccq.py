@@ -99,13 +99,18 @@ class CCQ(nn.Module):
         self.proj_in = nn.Conv3d(c_last, c, 1)
         self.pos = nn.Parameter(torch.randn(1, c, *self.grid) * 0.02)                 # P
         layer = nn.TransformerEncoderLayer(c, num_heads, 4 * c, dropout=0.0, batch_first=True, norm_first=True)
-        self.image_tsa = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)  # eq. 1
+        # pre-norm layers leave their residual stream unnormalised: a final LayerNorm keeps each transformer's output
+        # at unit scale. Without it the class-independent part grew to ~1e3 in OpenKBP training and drowned the class
+        # token (every class map came out the same).
+        self.image_tsa = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(c),
+                                               enable_nested_tensor=False)                       # eq. 1
         self.concepts = nn.Parameter(torch.randn(num_queries, c) * 0.02)               # Q_sem
         self.task_tokens = nn.Embedding(num_classes, c)                                # TEB_k
         qlayer = nn.TransformerEncoderLayer(c, num_heads, 4 * c, dropout=0.0, batch_first=True, norm_first=True)
-        self.query_tsa = nn.TransformerEncoder(qlayer, depth, enable_nested_tensor=False)  # eq. 2
+        self.query_tsa = nn.TransformerEncoder(qlayer, depth, norm=nn.LayerNorm(c),
+                                               enable_nested_tensor=False)                       # eq. 2
         self.tca = nn.MultiheadAttention(c, num_heads, batch_first=True)                # eq. 3
-        self.tca_norm_q, self.tca_norm_kv = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.tca_norm_q, self.tca_norm_kv, self.tca_norm_out = nn.LayerNorm(c), nn.LayerNorm(c), nn.LayerNorm(c)
         self.gate = nn.Linear(3 * c, c)                                                 # eq. 4
         self.to_grid = nn.Linear(num_queries, n_tokens)                                 # N_q -> N positions
         self.proj_out = nn.Conv3d(c, c_last, 1)
@@ -137,7 +142,7 @@ class CCQ(nn.Module):
         # per (image, class): queries attend to [Q_enc; F_enc + P]
         kv_img = (f_enc + pos)[:, None].expand(-1, k, -1, -1).reshape(b * k, -1, c)
         kv = self.tca_norm_kv(torch.cat([q, kv_img], 1))
-        q_dec = q + self.tca(self.tca_norm_q(q), kv, kv, need_weights=False)[0]  # eq. 3
+        q_dec = self.tca_norm_out(q + self.tca(self.tca_norm_q(q), kv, kv, need_weights=False)[0])  # eq. 3
         teb_bk = teb.expand(-1, self.num_queries, -1)
         q_w = torch.sigmoid(self.gate(torch.cat([q_dec, q, teb_bk], -1))) * q_dec  # eq. 4
         q_d = self.to_grid(q_w.transpose(1, 2)).reshape(b * k, c, *self.grid)
