@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoorgan.errors import UserError
-from autoorgan.fileio import atomic_output, load_json, write_json_atomic
+from autoorgan.fileio import atomic_output, load_json, load_network_state, write_json_atomic
 from autoorgan.paths import preprocessed_root, results_root
 from autoorgan.plans import PLANS_NAME, get_configuration, load_plans
 from autoorgan.splits import get_split
@@ -253,11 +253,7 @@ class TrainerBase:
             ck = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # a checkpoint from another version, or a damaged file
             raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); delete it to start over") from None
-        try:
-            self.module.load_state_dict(ck["network"])
-        except RuntimeError:  # keys or shapes differ: another network version, or other plans
-            raise UserError(f"checkpoint {path} does not fit this network (made by another autoorgan version or "
-                            "other plans); delete it to start over") from None
+        load_network_state(self.module, ck["network"], path, "delete it to start over")
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.best, self.history = ck["epoch"], ck["best"], ck["history"]

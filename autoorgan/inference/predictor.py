@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from autoorgan.dataset.raw import foreground_labels
 from autoorgan.errors import UserError
-from autoorgan.fileio import load_json, write_json_atomic
+from autoorgan.fileio import load_json, load_network_state, write_json_atomic
 from autoorgan.inference.detect import Detections, detect_case, fuse_detections
 from autoorgan.inference.export import case_box_record, geometry_from_props, preprocessed_to_original
 from autoorgan.inference.inputs import CaseError, InputCase, find_input_cases, read_input_case
@@ -85,11 +85,7 @@ class ModelFolderPredictor:
             except Exception as err:
                 raise UserError(f"cannot read {path} ({type(err).__name__}); is the file complete?") from None
             net = self.build_network()
-            try:
-                net.load_state_dict(state)
-            except RuntimeError:  # keys or shapes differ
-                raise UserError(f"{path} does not fit this network (trained with another autoorgan version or "
-                                "other plans); retrain, or predict with the version that trained it") from None
+            load_network_state(net, state, path, "retrain, or predict with the version that trained it")
             self.networks.append(net.to(self.device).eval())
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         self.reader = PlansManager(self.plans).image_reader_writer_class()
