@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from learning_checks import cli_env  # noqa: F401  (re-exported for the tests)
+
 _SESSION_ROOT = Path(os.environ.get("AUTOORGAN_TEST_TMP", "/tmp")) / f"autoorgan_tests_{os.getpid()}"
 for _kind in ("raw", "preprocessed", "results"):
     os.environ[f"autoorgan_{_kind}"] = str(_SESSION_ROOT / _kind)
@@ -30,13 +32,6 @@ def roots(tmp_path, monkeypatch):
         monkeypatch.setenv(f"autoorgan_{kind}", str(p))
         out[kind] = p
     return out
-
-
-def cli_env(env_roots: dict | None = None) -> dict:
-    """This process's environment with the data roots ``{raw|preprocessed|results: path}`` set."""
-    env = dict(os.environ)
-    env.update({f"autoorgan_{k}": str(v) for k, v in (env_roots or {}).items()})
-    return env
 
 
 def run_cli(name: str, *args: str, env_roots: dict | None = None, timeout: int = 600):
@@ -73,14 +68,3 @@ def edit_json(path: Path, fn) -> None:
     data = json.loads(Path(path).read_text())
     fn(data)
     Path(path).write_text(json.dumps(data))
-
-
-def untrained_validation(roots: dict, monkeypatch, trainer_cls, dataset: str) -> dict:
-    """Validation metrics of ``trainer_cls`` on fold 'all' of ``dataset`` before any training (the baseline a
-    learning check must beat)."""
-    from autoorgan.trainers.base import TrainOptions
-    for kind, path in roots.items():
-        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
-    trainer = trainer_cls(dataset, "all", TrainOptions(), "cpu", trainer_name="Untrained")
-    trainer.initialize()
-    return trainer.validate()

@@ -15,27 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env, run_cli, untrained_validation
+import learning_checks as lc
+from conftest import cli_env, run_cli
 
-DATASET = "Dataset910_Phantom"
+CHECK = lc.CHECKS["organdetr"]
+DATASET = CHECK.dataset
 
 
 @pytest.fixture(scope="module")
 def trained_roots(tmp_path_factory):
     """Raw/preprocessed/results roots with a 16-case phantom, planned for the CPU and shrunk to a tiny network."""
-    from autoorgan.dataset.phantom import write_phantom_dataset
-    base = tmp_path_factory.mktemp("train")
-    roots = {k: base / k for k in ("raw", "preprocessed", "results")}
-    write_phantom_dataset(roots["raw"], 910, num_cases=16, num_test=0, spacing_scale=1.6, progress=False)
-    res = run_cli("autoorgan_plan_and_preprocess", "-d", "910", "-c", "organdetr", "-device", "cpu", "-np", "2",
-                  "--quiet", env_roots=roots)
-    assert res.returncode == 0, res.stderr
-    plans_path = roots["preprocessed"] / DATASET / "autoorganPlans.json"
-    plans = json.loads(plans_path.read_text())
-    cfg = plans["configurations"]["organdetr"]
-    cfg["architecture"]["arch_kwargs"].update(backbone_widths=[8, 16, 32, 64, 64], hidden_dim=32, num_heads=4,
-                                              decoder_layers=2, msa_depth=1, msa_dropout=0.0)
-    plans_path.write_text(json.dumps(plans))
+    roots = lc.roots_under(tmp_path_factory.mktemp("train"))
+    lc.prepare(CHECK, roots)
     return roots
 
 
@@ -47,23 +38,16 @@ def _fold(roots, trainer="OrganDETRTrainer", fold="all"):
     return roots["results"] / DATASET / f"{trainer}__autoorganPlans__organdetr" / f"fold_{fold}"
 
 
-def _untrained_ap50(roots, monkeypatch):
-    from autoorgan.trainers.organdetr import OrganDETRTrainer
-    return untrained_validation(roots, monkeypatch, OrganDETRTrainer, DATASET)["AP50"]
-
-
-def test_learning_check_reaches_map50(trained_roots, monkeypatch):
+def test_learning_check_reaches_map50(trained_roots):
     """A fixed number of iterations on the CPU must give validation AP50 that an untrained network cannot."""
-    res = _train(trained_roots, "all", "-device", "cpu", "--epochs", "16", "--iters_per_epoch", "25",
-                 "--val_every", "100", "--lr", "2e-3", "--warmup_iters", "20", "-num_workers", "1",
-                 "-tr", "LearningCheck")
+    res, metrics = lc.train(CHECK, trained_roots, "LearningCheck", threads=2)
     assert res.returncode == 0, res.stderr[-3000:]
+    untrained = lc.untrained_metrics(CHECK, trained_roots)
+    assert untrained["AP50"] < 0.02, untrained
+    fails = lc.failures(CHECK, metrics, untrained)
+    assert not fails, (fails, metrics)
+    assert metrics["AP10"] >= metrics["AP50"] >= metrics["AP75"]
     fold = _fold(trained_roots, "LearningCheck")
-    summary = json.loads((fold / "validation" / "summary.json").read_text())["metrics"]
-    untrained = _untrained_ap50(trained_roots, monkeypatch)
-    assert untrained < 0.02, untrained
-    assert summary["AP50"] >= 0.2, summary
-    assert summary["AP10"] >= summary["AP50"] >= summary["AP75"]
     for name in ("checkpoint_final.pth", "progress.png", "training_log.txt", "trainer_options.json"):
         assert (fold / name).is_file(), name
     assert not (fold / "checkpoint_latest.pth").exists()

@@ -13,7 +13,13 @@ map per class):
 * gated weighting: ``Q_w = sigmoid(FC([Q_dec; Q_enc; TEB_k])) * Q_dec`` (eq. 4), then a linear map from the ``N_q``
   query axis to the ``N`` bottleneck positions reshaped to ``Q_d [C, d, h, w]`` (resized like ``P``);
 * CNN decoder with attentive skips ``S_a = sigmoid(Conv1x1([U; S])) * S + S`` added to the upsampled map ``U``
-  (eq. 5), then the stage's convolutions; a 1x1x1 head gives the class's logit map.
+  (eq. 5), then the stage's convolutions;
+* the class's logit map from DoDNet's **dynamic head** (:class:`DynamicHead`: three 1x1x1 convolutions whose
+  weights a controller makes from the pooled bottleneck and the class's one-hot code). The paper builds CCQ on
+  DoDNet as its baseline ("we choose [DoDNet] as our baseline" and add the modules above; the authors' code,
+  Yang-007/CCQ ``network/main.py``, ends in the same task-conditioned head). Without it the class reaches the
+  output only through the bottleneck, and the class conditioning learned far more slowly (docs/ccq.md); the plans'
+  ``ccq.dynamic_head: false`` gives that static 1x1x1 head back (ablation).
 
 Classes are batched: the encoder runs once, the class-conditioned part and the decoder run on ``B * K`` items. The
 classes may be the same for every image (``[K]``, inference: all of them) or chosen per image (``[B, K]``, training
@@ -85,11 +91,48 @@ def _resize_grid(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(t, size=tuple(size), mode="trilinear", align_corners=False)
 
 
+class DynamicHead(nn.Module):
+    """DoDNet's task-conditioned head: per (image, class) a controller turns ``[pooled image features; one-hot
+    class]`` into the weights and biases of three 1x1x1 convolutions (``HEAD`` channels, ReLU between), which are
+    applied to that item's ``HEAD[0]``-channel feature map.
+
+    ``forward(feat [B*K, HEAD[0], ...], pooled [B, C_pool], classes [B, K]) -> logits [B*K, 1, ...]``.
+    """
+
+    HEAD = (8, 8, 1)
+
+    def __init__(self, pooled_channels: int, num_classes: int):
+        super().__init__()
+        sizes, cin = [], self.HEAD[0]
+        for cout in self.HEAD:
+            sizes += [cin * cout, cout]
+            cin = cout
+        self.param_sizes = sizes
+        self.controller = nn.Linear(pooled_channels + num_classes, sum(sizes))
+        self.num_classes = num_classes
+
+    def forward(self, feat: torch.Tensor, pooled: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        b, k = classes.shape
+        onehot = F.one_hot(classes, self.num_classes).to(pooled.dtype)             # [B, K, M]
+        code = torch.cat([pooled[:, None].expand(-1, k, -1), onehot], -1)         # [B, K, C_pool + M]
+        chunks = torch.split(self.controller(code.reshape(b * k, -1)), self.param_sizes, 1)
+        h, cin = feat, self.HEAD[0]
+        for i, cout in enumerate(self.HEAD):
+            w = chunks[2 * i].reshape(b * k, cout, cin)                            # [B*K, out, in]
+            bias = chunks[2 * i + 1].reshape(b * k, cout, 1, 1, 1)
+            h = torch.einsum("noc,nc...->no...", w, h) + bias                       # [B*K, out, ...]
+            if i < len(self.HEAD) - 1:
+                h = F.relu(h)
+            cin = cout
+        return h
+
+
 class CCQ(nn.Module):
     """Cross-Class Query network; ``forward(x [B, C_in, D, H, W], classes [K] long) -> logits [B, K, D, H, W]``."""
 
     def __init__(self, input_channels: int, num_classes: int, arch_kwargs: dict, patch_size: Sequence[int],
-                 num_queries: int = 32, hidden_dim: int | None = None, num_heads: int = 8, depth: int = 1):
+                 num_queries: int = 32, hidden_dim: int | None = None, num_heads: int = 8, depth: int = 1,
+                 dynamic_head: bool = True):
         super().__init__()
         self.unet = UNetParts(input_channels, arch_kwargs, attentive_skips=True)
         c_last = self.unet.features[-1]
@@ -114,7 +157,12 @@ class CCQ(nn.Module):
         self.gate = nn.Linear(3 * c, c)                                                 # eq. 4
         self.to_grid = nn.Linear(num_queries, n_tokens)                                 # N_q -> N positions
         self.proj_out = nn.Conv3d(c, c_last, 1)
-        self.head = nn.Conv3d(self.unet.features[0], 1, 1)
+        if dynamic_head:
+            self.pre_head = nn.Conv3d(self.unet.features[0], DynamicHead.HEAD[0], 1)
+            self.head = DynamicHead(c_last, num_classes)
+        else:  # ablation: one static 1x1x1 head for every class
+            self.head = nn.Conv3d(self.unet.features[0], 1, 1)
+        self.dynamic_head = dynamic_head
         self.num_classes, self.num_queries = num_classes, num_queries
 
     @classmethod
@@ -123,7 +171,7 @@ class CCQ(nn.Module):
         return cls(input_channels, num_classes, configuration["architecture"]["arch_kwargs"],
                    configuration["patch_size"], num_queries=int(ccq.get("num_class_queries", 32)),
                    hidden_dim=ccq.get("hidden_dim"), num_heads=int(ccq.get("num_heads", 8)),
-                   depth=int(ccq.get("transformer_depth", 1)))
+                   depth=int(ccq.get("transformer_depth", 1)), dynamic_head=bool(ccq.get("dynamic_head", True)))
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """``x [B, C_in, D, H, W]``; ``classes`` (indices into the dataset's labels) ``[K]`` for every image, or
@@ -148,7 +196,11 @@ class CCQ(nn.Module):
         q_d = self.to_grid(q_w.transpose(1, 2)).reshape(b * k, c, *self.grid)
         q_d = self.proj_out(_resize_grid(q_d, grid))                     # [B*K, C_last, d, h, w]
         skips_bk = [s[:, None].expand(-1, k, *s.shape[1:]).reshape(b * k, *s.shape[1:]) for s in skips]
-        out = self.head(self.unet.decode(q_d, skips_bk))                 # [B*K, 1, D, H, W]
+        dec = self.unet.decode(q_d, skips_bk)                            # [B*K, C_0, D, H, W]
+        if self.dynamic_head:
+            out = self.head(self.pre_head(dec), skips[-1].mean((2, 3, 4)), classes)   # [B*K, 1, D, H, W]
+        else:
+            out = self.head(dec)
         return out.reshape(b, k, *out.shape[2:])
 
 
@@ -165,23 +217,16 @@ def _classes_per_image(classes: torch.Tensor | None, b: int, num_classes: int, d
 
 
 class DoDNet(nn.Module):
-    """DoDNet-style baseline: the same encoder and a plain U-Net decoder shared by all classes, then a dynamic head
-    whose three 1x1x1 convolutions (8, 8, 1 channels) are generated per (image, class) by a controller from the
-    pooled bottleneck features and the class's one-hot task code. ``forward`` as :class:`CCQ`."""
-
-    HEAD = (8, 8, 1)
+    """DoDNet-style baseline: the same encoder and a plain U-Net decoder shared by all classes, then the
+    :class:`DynamicHead` conditioned on the pooled bottleneck features and the class's one-hot task code.
+    ``forward`` as :class:`CCQ`."""
 
     def __init__(self, input_channels: int, num_classes: int, arch_kwargs: dict):
         super().__init__()
         self.unet = UNetParts(input_channels, arch_kwargs, attentive_skips=False)
         c0, c_last = self.unet.features[0], self.unet.features[-1]
-        self.pre_head = nn.Conv3d(c0, self.HEAD[0], 1)
-        sizes, cin = [], self.HEAD[0]
-        for cout in self.HEAD:
-            sizes += [cin * cout, cout]
-            cin = cout
-        self.param_sizes = sizes
-        self.controller = nn.Conv3d(c_last + num_classes, sum(sizes), 1)
+        self.pre_head = nn.Conv3d(c0, DynamicHead.HEAD[0], 1)
+        self.head = DynamicHead(c_last, num_classes)
         self.num_classes = num_classes
 
     @classmethod
@@ -193,18 +238,6 @@ class DoDNet(nn.Module):
         skips = self.unet.encoder(x)
         feat = self.pre_head(self.unet.decode(skips[-1], skips))         # [B, 8, D, H, W]
         b, k = classes.shape
-        pooled = skips[-1].mean((2, 3, 4))                                # [B, C_last]
-        onehot = F.one_hot(classes, self.num_classes).to(pooled.dtype)    # [B, K, M]
-        code = torch.cat([pooled[:, None].expand(-1, k, -1), onehot], -1)
-        params = self.controller(code.reshape(b * k, -1, 1, 1, 1)).flatten(1)  # [B*K, P]
-        chunks = torch.split(params, self.param_sizes, 1)
-        h = feat[:, None].expand(-1, k, *feat.shape[1:]).reshape(b * k, *feat.shape[1:])
-        cin = self.HEAD[0]
-        for i, cout in enumerate(self.HEAD):
-            w = chunks[2 * i].reshape(b * k, cout, cin)
-            bias = chunks[2 * i + 1].reshape(b * k, cout, 1)
-            h = torch.einsum("noc,nc...->no...", w, h) + bias.reshape(b * k, cout, 1, 1, 1)
-            if i < len(self.HEAD) - 1:
-                h = F.relu(h)
-            cin = cout
-        return h.reshape(b, k, *h.shape[2:])
+        feat = feat[:, None].expand(-1, k, *feat.shape[1:]).reshape(b * k, *feat.shape[1:])
+        out = self.head(feat, skips[-1].mean((2, 3, 4)), classes)        # [B*K, 1, D, H, W]
+        return out.reshape(b, k, *out.shape[2:])
