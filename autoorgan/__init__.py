@@ -3,7 +3,7 @@
 The data flows one way: raw dataset -> fingerprint -> plans -> preprocessed data -> trainer -> checkpoint ->
 predictor -> outputs -> evaluation. See docs/ for the conventions (boxes, coordinate frames, file formats).
 """
-from autoorgan.paths import wire_nnunet_env
+from autoorgan.utils.paths import wire_nnunet_env
 
 wire_nnunet_env()  # before any nnunetv2 import: nnunetv2.paths reads the variables when first imported
 

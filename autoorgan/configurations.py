@@ -34,10 +34,10 @@ class Configuration:
         return self.trainer.split(":")[1]
 
     def trainer_class(self) -> Any:
-        return _load(self.trainer)
+        return load_class(self.trainer)
 
     def predictor_class(self) -> Any:
-        return _load(PREDICTORS[self.output])
+        return load_class(PREDICTORS[self.output])
 
 
 CONFIGURATIONS: dict[str, Configuration] = {c.name: c for c in (
@@ -64,7 +64,8 @@ NETWORKS = {"autoorgan.networks.organdetr.OrganDETR": "autoorgan.networks.organd
             "autoorgan.networks.ccq.DoDNet": "autoorgan.networks.ccq:DoDNet"}
 
 
-def _load(spec: str) -> Any:
+def load_class(spec: str) -> Any:
+    """``"module:Class"`` -> the class (imported now)."""
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -85,4 +86,4 @@ def network_class(name: str) -> Any:
     if name not in NETWORKS:
         raise UserError(f"the plans name the network {name!r}, which autoorgan does not provide "
                         f"({', '.join(NETWORKS)}); were they written by another program or edited?")
-    return _load(NETWORKS[name])
+    return load_class(NETWORKS[name])

@@ -14,9 +14,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def child(which: str, dataset: str, case: str | None, configuration: str, device: str) -> None:
@@ -24,7 +21,7 @@ def child(which: str, dataset: str, case: str | None, configuration: str, device
     import torch
 
     from autoorgan.dataset.raw import foreground_labels
-    from autoorgan.paths import find_dataset_name, preprocessed_root
+    from autoorgan.utils.paths import find_dataset_name, preprocessed_root
     name = find_dataset_name(dataset)
     pre = preprocessed_root() / name
     plans = json.loads((pre / "autoorganPlans.json").read_text())

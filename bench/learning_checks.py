@@ -44,7 +44,7 @@ def _patch(variant: str) -> None:
         original_loss = trainer.partial_dice_bce
         trainer.partial_dice_bce = lambda logits, targets, annotated: original_loss(logits, targets, ~annotated.bool())
     elif variant == "boxes_axes_swapped":
-        import autoorgan.dataloading as data
+        import autoorgan.training.whole_volume as data
         original_item = data.WholeVolumeCases.item
 
         def item(self, *args, **kwargs):

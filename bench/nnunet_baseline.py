@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
@@ -32,7 +29,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from autoorgan.paths import find_dataset_name, nnunet_paths, preprocessed_root
+    from autoorgan.utils.paths import find_dataset_name, nnunet_paths, preprocessed_root
     name = find_dataset_name(args.dataset)
     with nnunet_paths():
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 SHAPE_ITK = (512, 512, 300)
 SPACING_ITK = (0.8, 0.8, 1.5)
 DATASET_ID = 990
@@ -39,6 +37,7 @@ DATASET_ID = 990
 def make_ct(index: int):
     """A phantom case resampled to SHAPE_ITK x SPACING_ITK (identity direction), image int16 and labels."""
     import SimpleITK as sitk
+
     from autoorgan.dataset.phantom import make_case
     img, seg, _ = make_case(7, index)
     centre = img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()])
@@ -53,6 +52,7 @@ def make_ct(index: int):
 
 def write_dataset(raw: Path) -> Path:
     import SimpleITK as sitk
+
     from autoorgan.dataset.phantom import LABELS
     folder = raw / f"Dataset{DATASET_ID}_BenchCT"
     if (folder / "dataset.json").is_file():
@@ -90,7 +90,8 @@ def nnunet_seconds_per_tile(pre_root: Path, dataset: str, n_tiles: int) -> tuple
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from autoorgan.paths import nnunet_paths
+
+    from autoorgan.utils.paths import nnunet_paths
     with nnunet_paths():
         planner = ExperimentPlanner(dataset, plans_name="nnUNetPlansBench")
         plans = planner.plan_experiment()
@@ -150,8 +151,9 @@ def main() -> None:
     (model / "plans.json").write_text(json.dumps(plans))
     shutil.copy(folder / "dataset.json", model / "dataset.json")
     import torch
+
     from autoorgan.networks.organdetr import OrganDETR
-    net = OrganDETR.from_plans(cfg, 1)
+    net = OrganDETR.from_plans(cfg, 1, cfg["organdetr"]["num_organ_classes"])
     torch.save({"network": net.state_dict()}, model / "fold_0" / "checkpoint_final.pth")
     inp = work / "input"
     inp.mkdir(exist_ok=True)

@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def matmul_peak_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
     a = torch.randn(n, n, device=device)
@@ -63,11 +61,10 @@ def synthetic_batch(cfg: dict, batch: int, channels: int, num_classes: int, seed
 
 
 def main() -> None:
-    from autoorgan.fileio import load_json
-    from autoorgan.losses.detection import OrganDETRLoss
-    from autoorgan.matching import DenseQueryMatcher
+    from autoorgan.losses.detection import build_criterion
     from autoorgan.networks.organdetr import OrganDETR
-    from autoorgan.paths import preprocessed_root
+    from autoorgan.utils.fileio import load_json
+    from autoorgan.utils.paths import preprocessed_root
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--plans", type=Path, default=None)
@@ -85,8 +82,8 @@ def main() -> None:
     channels = len(load_json(path.parent / "dataset.json")["channel_names"]) if \
         (path.parent / "dataset.json").is_file() else 1
     torch.manual_seed(0)
-    model = OrganDETR.from_plans(cfg, channels).to(device)
-    loss_fn = OrganDETRLoss(DenseQueryMatcher(od["lambda"], od["rho"]), od["loss_weights"])
+    model = OrganDETR.from_plans(cfg, channels, od["num_organ_classes"]).to(device)
+    loss_fn = build_criterion(od, od.get("matcher", "dqm"))  # the trainer's loss, from the plans
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     image, labels, targets = synthetic_batch(cfg, cfg["batch_size"], channels, od["num_organ_classes"])
     image, labels = image.to(device), labels.to(device)

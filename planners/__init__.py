@@ -7,34 +7,32 @@ from pathlib import Path
 
 import numpy as np
 
+from autoorgan.configurations import PLANNERS, PLANS_SECTIONS
 from autoorgan.dataset.raw import is_partially_annotated
-from autoorgan.fileio import write_json_atomic
-from autoorgan.plans import CONFIGURATIONS, PLANS_NAME, plans_file
+from autoorgan.planning.plans import PLANS_NAME, plans_file
+from autoorgan.utils.fileio import write_json_atomic
 
 
 def plan_dataset(dataset_name: str, raw_root: Path, preprocessed_root: Path,
-                 configurations: tuple[str, ...] = CONFIGURATIONS, gpu_memory_target_in_gb: float = 8,
-                 device: str = "cuda", overwrite_target_spacing: list[float] | None = None, rho: int = 10,
+                 configurations: tuple[str, ...] = PLANS_SECTIONS, gpu_memory_target_in_gb: float = 8,
+                 device: str = "cuda", overwrite_target_spacing: list[float] | None = None, rho: int | None = None,
                  lambda_match: float | None = None, cpu_memory_target_in_gb: float | None = None) -> dict:
     """Plan the given configurations from the fingerprint in ``preprocessed_root/dataset_name`` and write
     ``autoorganPlans.json`` there (atomically). Returns the plans."""
-    from autoorgan.planners.ccq_planner import CCQPlanner
-    from autoorgan.planners.organdetr_planner import CPU_MEMORY_TARGET_GB, OrganDETRPlanner
+    from autoorgan.configurations import load_class
+    from autoorgan.planners.base import AutoOrganPlannerBase
 
     common = dict(dataset_name=dataset_name, raw_root=raw_root, preprocessed_root=preprocessed_root,
                   gpu_memory_target_in_gb=gpu_memory_target_in_gb, overwrite_target_spacing=overwrite_target_spacing,
                   plans_name=PLANS_NAME)
-    planners = {"ccq": CCQPlanner(**common)}
-    planners["organdetr"] = OrganDETRPlanner(
-        **common, rho=rho, lambda_match=lambda_match, device=device,
-        cpu_memory_target_in_gb=cpu_memory_target_in_gb or CPU_MEMORY_TARGET_GB)
-    base = planners["ccq"]
+    options = dict(device=device, rho=rho, lambda_match=lambda_match, cpu_memory_target_in_gb=cpu_memory_target_in_gb)
+    planners = {name: load_class(PLANNERS[name])(**common, **options) for name in configurations}
+    base = AutoOrganPlannerBase(**common)
     transpose_forward, transpose_backward = base.determine_transpose()
     fullres_id = f"{PLANS_NAME}_fullres"
     configs = {}
     for name in configurations:
-        planner = planners[name]
-        configs[name] = planner.plan_configuration(fullres_id if name == "ccq" else f"{PLANS_NAME}_{name}")
+        configs[name] = planners[name].plan_configuration(fullres_id if name == "ccq" else f"{PLANS_NAME}_{name}")
     if "organdetr" in configs and np.allclose(configs["organdetr"]["spacing"], base.fullres_spacing_transposed()):
         configs["organdetr"]["data_identifier"] = fullres_id
         configs["organdetr"]["_why"]["data_identifier"] = "same spacing as ccq: both read the same preprocessed data"
@@ -59,7 +57,7 @@ def plan_dataset(dataset_name: str, raw_root: Path, preprocessed_root: Path,
     out_dir = Path(preprocessed_root) / dataset_name
     path = plans_file(out_dir)
     if path.is_file():  # keep configurations planned earlier that were not re-planned now
-        from autoorgan.fileio import load_json
+        from autoorgan.utils.fileio import load_json
         old = load_json(path)
         if old.get("transpose_forward") == plans["transpose_forward"]:
             for name, cfg in old.get("configurations", {}).items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-from autoorgan.paths import nnunet_paths
+from autoorgan.utils.paths import nnunet_paths
 
 PREPROCESSOR_NAME = "AutoOrganPreprocessor"
 
@@ -24,12 +24,17 @@ class AutoOrganPlannerBase(ExperimentPlanner):
     configuration_name = "base"
 
     def __init__(self, dataset_name: str, raw_root: Path, preprocessed_root: Path, gpu_memory_target_in_gb: float = 8,
-                 overwrite_target_spacing: list[float] | None = None, plans_name: str = "autoorganPlans"):
+                 overwrite_target_spacing: list[float] | None = None, plans_name: str = "autoorganPlans",
+                 device: str = "cuda", **options):
+        """``device``: what the plans are for (cuda or cpu); ``options``: planner-specific choices from the command
+        line (None: the planner's default); planners ignore options that are not theirs."""
         with nnunet_paths(raw=raw_root, preprocessed=preprocessed_root):
             super().__init__(dataset_name, gpu_memory_target_in_gb=gpu_memory_target_in_gb,
                              preprocessor_name=PREPROCESSOR_NAME, plans_name=plans_name,
                              overwrite_target_spacing=overwrite_target_spacing)
         self.why: dict[str, str] = {}
+        self.device = device
+        self.options = {k: v for k, v in options.items() if v is not None}
 
     @property
     def autoorgan_fingerprint(self) -> dict:

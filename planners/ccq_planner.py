@@ -38,9 +38,13 @@ class CCQPlanner(AutoOrganPlannerBase):
         plan = self.get_plans_for_configuration(spacing, median_shape, data_identifier, n_vox, {})
         members = self.annotation_members()
         plan["batch_dice"] = False
+        # nnU-Net's U-Net topology (arch_kwargs) is the encoder/decoder; the network built is CCQ (DoDNet's trainer
+        # writes its own name into its model folder's plans)
+        plan["architecture"]["network_class_name"] = "autoorgan.networks.ccq.CCQ"
         plan["ccq"] = {"num_class_queries": NUM_CLASS_QUERIES, "members": members,
                        "classes": list(foreground_labels(self.dataset_json)),
-                       "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH}
+                       "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH,
+                       "dynamic_head": True}
         plan["_why"] = {
             "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
                        "anisotropic axis)",
@@ -54,5 +58,7 @@ class CCQPlanner(AutoOrganPlannerBase):
                                        "per patch (one present in it, one other at random; the paper trains on "
                                        "(image, one task) pairs), inference all of them. DoDNet trains all classes",
             "combine_threshold": "inference: a voxel takes the most probable class if that probability is > 0.5",
+            "dynamic_head": "DoDNet's task-conditioned head ends the decoder, as in the CCQ authors' code (CCQ is "
+                            "built on DoDNet); false: one static head for all classes (ablation)",
         }
         return plan

@@ -13,13 +13,12 @@ its reason in ``_why``.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from autoorgan.dataset.raw import foreground_labels
-from autoorgan.errors import UserError
+from autoorgan.matching.dqm import dqm_eta
 from autoorgan.planners.base import AutoOrganPlannerBase
+from autoorgan.utils.errors import UserError
 
 PAPER_RHO, PAPER_LAMBDA = 10, 0.2
 ETA_RANGE = (1, 5)
@@ -34,30 +33,31 @@ def choose_lambda(rho: int, lambda_match: float | None = None) -> tuple[float, i
     if rho < 2:
         raise UserError(f"rho must be at least 2 (queries per organ); got {rho}")
     if lambda_match is not None:
-        eta = math.ceil(lambda_match * rho - 1e-9)
+        eta = dqm_eta(lambda_match, rho)
         if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
             raise UserError(f"lambda {lambda_match} with rho {rho} gives eta = ceil(lambda*rho) = {eta}, outside "
                             f"[1, 5] (the paper's rule of thumb); choose lambda in (0, {5 / rho:.3g}]")
         return lambda_match, eta, "given on the command line"
     lam = PAPER_LAMBDA
-    eta = math.ceil(lam * rho - 1e-9)
+    eta = dqm_eta(lam, rho)
     if eta > ETA_RANGE[1]:
         lam, why = ETA_RANGE[1] / rho, f"paper's 0.2 would give eta > 5 with rho {rho}; lowered to 5/rho"
     elif eta < ETA_RANGE[0]:
         lam, why = ETA_RANGE[0] / rho, f"paper's 0.2 would give eta < 1 with rho {rho}; raised to 1/rho"
     else:
         why = "paper default (lambda = 0.2)"
-    return lam, math.ceil(lam * rho - 1e-9), why
+    return lam, dqm_eta(lam, rho), why
 
 
 class OrganDETRPlanner(AutoOrganPlannerBase):
     configuration_name = "organdetr"
 
-    def __init__(self, *args, rho: int = PAPER_RHO, lambda_match: float | None = None, device: str = "cuda",
-                 cpu_memory_target_in_gb: float = CPU_MEMORY_TARGET_GB, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rho, self.lambda_match, self.device = int(rho), lambda_match, device
-        self.memory_gb = float(self.UNet_vram_target_GB if device == "cuda" else cpu_memory_target_in_gb)
+        self.rho = int(self.options.get("rho", PAPER_RHO))
+        self.lambda_match = self.options.get("lambda_match")
+        self.memory_gb = float(self.UNet_vram_target_GB if self.device == "cuda" else
+                               self.options.get("cpu_memory_target_in_gb", CPU_MEMORY_TARGET_GB))
 
     def fit_input_shape(self, spacing: np.ndarray, extent_mm: np.ndarray, voxel_budget: float
                         ) -> tuple[np.ndarray, np.ndarray, int]:

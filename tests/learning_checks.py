@@ -130,12 +130,13 @@ def train(check: LearningCheck, roots: dict[str, Path], tag: str, seed: int | No
 
 def untrained_metrics(check: LearningCheck, roots: dict[str, Path]) -> dict:
     """Validation metrics of the check's trainer on fold 'all' before any training (what learning must beat)."""
-    from autoorgan.cli.train import trainer_class
-    from autoorgan.trainers.base import TrainOptions
+    from autoorgan.configurations import get_configuration
+    from autoorgan.training.options import TrainOptions
     saved = {k: os.environ.get(f"autoorgan_{k}") for k in roots}
     os.environ.update({f"autoorgan_{k}": str(v) for k, v in roots.items()})
     try:
-        trainer = trainer_class(check.name)(check.dataset, "all", TrainOptions(), "cpu", trainer_name="Untrained")
+        trainer = get_configuration(check.name).trainer_class()(check.dataset, "all", TrainOptions(), "cpu",
+                                                                 trainer_name="Untrained")
         trainer.initialize()
         return trainer.validate()
     finally:

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoorgan.boxes import (Geometry, box_iou, box_to_world, boxes_from_label_map, normalized_to_voxel,
-                             voxel_to_normalized)
+from autoorgan.boxes import (
+    Geometry,
+    box_iou,
+    box_to_world,
+    boxes_from_label_map,
+    normalized_to_voxel,
+    voxel_to_normalized,
+)
 
 
 def _asymmetric_seg():
@@ -56,7 +62,13 @@ def test_world_coordinates_agree_with_simpleitk(direction):
     np.testing.assert_allclose(lo_corner, expected, atol=1e-6)
     # round trip
     np.testing.assert_allclose(geo.world_to_edge(lo_corner), box[:3], atol=1e-9)
-    assert np.allclose(np.array(world["min_lps_mm"]) <= np.array(world["max_lps_mm"]), True)
+    # the world bounds are those of the 8 corners ITK places at the box's outer voxel edges
+    corners = [img.TransformContinuousIndexToPhysicalPoint([(box[5] if k else box[2]) - 0.5,
+                                                            (box[4] if j else box[1]) - 0.5,
+                                                            (box[3] if i else box[0]) - 0.5])
+               for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    np.testing.assert_allclose(world["min_lps_mm"], np.min(corners, 0), atol=1e-4)
+    np.testing.assert_allclose(world["max_lps_mm"], np.max(corners, 0), atol=1e-4)
 
 
 def test_normalized_round_trip_and_meaning():

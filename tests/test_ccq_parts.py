@@ -15,7 +15,7 @@ PATCH = (16, 24, 32)
 
 
 def test_loss_ignores_unannotated_classes():
-    from autoorgan.losses.partial_binary import partial_dice_bce
+    from autoorgan.losses.partial_sigmoid import partial_dice_bce
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
     targets = (torch.rand(2, 3, 4, 5, 6) > 0.7).float()
@@ -36,7 +36,7 @@ def test_loss_ignores_unannotated_classes():
 
 
 def test_perfect_prediction_has_small_loss():
-    from autoorgan.losses.partial_binary import partial_dice_bce
+    from autoorgan.losses.partial_sigmoid import partial_dice_bce
     targets = torch.zeros(1, 2, 6, 6, 6)
     targets[0, 0, 1:4, 1:4, 1:4] = 1
     targets[0, 1, 4:6, 4:6, 4:6] = 1
@@ -139,7 +139,7 @@ def test_per_image_classes_match_shared_classes(name):
 
 
 def test_choose_classes_trains_annotated_classes_only():
-    from autoorgan.patch_sampling import binary_targets, choose_classes
+    from autoorgan.training.patches import binary_targets, choose_classes
     values = [1, 2, 3, 4, 5]
     rng = np.random.default_rng(0)
     for _ in range(200):

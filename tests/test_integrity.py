@@ -106,7 +106,7 @@ def test_unknown_dataset_id_and_unset_paths(roots):
 
 def test_valid_dataset_passes_the_check(phantom):
     from autoorgan.dataset.raw import list_cases, load_dataset_json
-    from autoorgan.fingerprint import extract_fingerprint
+    from autoorgan.planning.fingerprint import extract_fingerprint
     ds = load_dataset_json(phantom)
     fp = extract_fingerprint(list_cases(phantom, ds), ds, num_processes=1, progress=False)
     assert fp["autoorgan"]["num_cases"] == 8

@@ -1,9 +1,10 @@
 """Losses: partial annotation never counts an unannotated organ as background; full annotation = usual CE + Dice."""
+import pytest
 import torch
 import torch.nn.functional as F
 
 from autoorgan.losses.detection import OrganDETRLoss, box_losses, classification_loss
-from autoorgan.losses.segmentation import downsample_onehot, partial_ce_dice
+from autoorgan.losses.partial_softmax import downsample_onehot, partial_ce_dice
 from autoorgan.matching import DenseQueryMatcher, HungarianMatcher
 
 
@@ -87,16 +88,31 @@ def test_box_losses_zero_for_perfect_boxes_and_no_matches():
     assert l1 == 0 and giou == 0 and l1.requires_grad
 
 
-def test_full_loss_runs_with_aux_layers_and_empty_targets():
+def test_full_loss_uses_every_aux_layer_and_handles_empty_targets():
+    """Each auxiliary decoder layer adds its own matched set loss (and gets a gradient); dropping the aux layers
+    lowers the total by exactly their terms."""
     torch.manual_seed(0)
-    out = {"logits": torch.randn(2, 20, 4, requires_grad=True), "boxes": torch.rand(2, 20, 6) * 0.5 + 0.25,
-           "aux": [{"logits": torch.randn(2, 20, 4), "boxes": torch.rand(2, 20, 6) * 0.5 + 0.25}],
-           "seg": [torch.randn(2, 4, 2, 2, 2, requires_grad=True)]}
+
+    def outputs(n_aux):
+        layers = [{"logits": torch.randn(2, 20, 4, requires_grad=True),
+                   "boxes": (torch.rand(2, 20, 6) * 0.5 + 0.25).requires_grad_(True)} for _ in range(1 + n_aux)]
+        return {**layers[0], "aux": layers[1:], "seg": [torch.randn(2, 4, 2, 2, 2, requires_grad=True)]}
+
     targets = _targets([True, True, False]) + [{"labels": torch.zeros(0, dtype=torch.int64),
                                                 "boxes": torch.zeros(0, 6), "annotated": torch.ones(3, dtype=bool)}]
-    for matcher in (HungarianMatcher(), DenseQueryMatcher(0.2, 10)):
-        loss = OrganDETRLoss(matcher, {})
-        total, parts = loss(out, targets, torch.zeros(2, 8, 8, 8, dtype=torch.long))
+    weights = {"cls": 2.0, "bbox_l1": 5.0, "giou": 2.0, "seg": 2.0, "no_object": 0.1}
+    seg = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    for matcher in (HungarianMatcher(2.0, 5.0, 2.0), DenseQueryMatcher(2, 2.0, 5.0, 2.0)):
+        loss = OrganDETRLoss(matcher, weights)
+        out = outputs(2)
+        total, parts = loss(out, targets, seg)
         total.backward()
         assert torch.isfinite(total) and set(parts) >= {"cls", "bbox_l1", "giou", "seg", "total"}
-        assert out["logits"].grad is not None and out["seg"][0].grad is not None
+        for layer in [out, *out["aux"]]:
+            assert layer["logits"].grad is not None and layer["logits"].grad.abs().sum() > 0
+            assert layer["boxes"].grad is not None and layer["boxes"].grad.abs().sum() > 0
+        assert out["seg"][0].grad is not None
+        alone = dict(out, aux=[])
+        aux_terms = sum(weights["cls"] * c + weights["bbox_l1"] * b + weights["giou"] * g
+                        for c, b, g in (loss.detection_terms(a["logits"], a["boxes"], targets) for a in out["aux"]))
+        assert loss(alone, targets, seg)[0].item() == pytest.approx(total.item() - float(aux_terms.detach()), rel=1e-5)

@@ -91,4 +91,6 @@ def test_lower_level_change_does_not_reach_higher_levels():
 @pytest.mark.parametrize("depth", [1, 2])
 def test_top_level_has_no_cross_attention(depth):
     enc = _encoder(depth=depth)
-    assert [len(layer.cross_attn) for layer in enc.blocks[0]] == [0, 1, 2]
+    assert len(enc.blocks) == depth
+    for block in enc.blocks:
+        assert [len(layer.cross_attn) for layer in block] == [0, 1, 2]

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from autoorgan.boxes import boxes_from_label_map, normalized_to_voxel, voxel_to_normalized
-from autoorgan.dataloading import fit_to_input, label_lookup
+from autoorgan.boxes.frames import preprocessed_to_original
 from autoorgan.inference.detect import top1_per_organ
-from autoorgan.inference.export import preprocessed_to_original
 from autoorgan.networks.organdetr import OrganDETR
+from autoorgan.preprocessing.fit import fit_to_input
+from autoorgan.training.whole_volume import label_lookup
 
 
 @pytest.mark.parametrize("backbone, shape", [("fpn", (48, 32, 64)), ("resnet50", (32, 32, 48))])

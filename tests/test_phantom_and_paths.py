@@ -46,7 +46,7 @@ def test_default_roots_are_announced_once(tmp_path):
     code = ("import os\n"
             "for k in ('raw','preprocessed','results'): os.environ.pop('autoorgan_'+k, None)\n"
             f"os.environ['HOME'] = {str(tmp_path)!r}\n"
-            "from autoorgan import paths\n"
+            "from autoorgan.utils import paths\n"
             "print(paths.raw_root()); print(paths.raw_root())\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
                          errors="replace")

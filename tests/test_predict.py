@@ -48,7 +48,7 @@ def model_roots(tmp_path_factory, phantom_template):
     shutil.copy(roots["raw"] / DATASET / "dataset.json", folder / "dataset.json")
     from autoorgan.networks.organdetr import OrganDETR
     torch.manual_seed(0)
-    net = OrganDETR.from_plans(cfg, 1)
+    net = OrganDETR.from_plans(cfg, 1, 7)
     torch.save({"network": net.state_dict()}, folder / "fold_0" / "checkpoint_final.pth")
     return roots
 
@@ -102,15 +102,15 @@ def write_dicom_series(image, folder: Path) -> None:
 def _predictor(model_roots, monkeypatch, **kw):
     for kind, path in model_roots.items():
         monkeypatch.setenv(f"autoorgan_{kind}", str(path))
-    from autoorgan.inference.predictor import OrganDETRPredictor
-    return OrganDETRPredictor(model_roots["results"] / DATASET / MODEL, ["0"], device="cpu", **kw)
+    from autoorgan.inference.predictor import load_predictor
+    return load_predictor(model_roots["results"] / DATASET / MODEL, ["0"], device="cpu", **kw)
 
 
 def _perfect(predictor, image, seg, case_id="x"):
     """Replace the network by a perfect detector: the organ boxes of the label map preprocessed like training.
     Returns the training-path properties and preprocessed shape."""
     from autoorgan.inference.inputs import sitk_to_nnunet
-    from autoorgan.preprocessing import preprocess_case_arrays
+    from autoorgan.preprocessing.preprocess import preprocess_case_arrays
     data, props = sitk_to_nnunet(image)
     segarr = sitk.GetArrayFromImage(seg)[None]
     pre, _, pprops = preprocess_case_arrays(data, segarr, props, predictor.plans, "organdetr",
@@ -308,15 +308,19 @@ def test_kill_during_prediction_then_continue(model_roots, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # units: mirroring and fold fusion in box space, bounded-memory resampling
 def test_flip_and_fuse_boxes():
-    from autoorgan.inference.detect import flip_boxes, fuse_detections
-    box = np.array([2.0, 3.0, 4.0, 5.0, 9.0, 6.0])
-    assert flip_boxes(box, 1, 12).tolist() == [2.0, 3.0, 4.0, 5.0, 9.0, 6.0][:1] + [3.0, 4.0, 5.0, 9.0, 6.0]
-    assert flip_boxes(flip_boxes(box, 2, 10), 2, 10) == pytest.approx(box)
-    mask = np.zeros((6, 12, 10), bool)
-    mask[2:5, 3:9, 4:6] = True
+    from autoorgan.boxes.frames import flip_boxes
+    from autoorgan.inference.detect import fuse_detections
+    box = np.array([2.0, 1.0, 3.0, 5.0, 4.0, 6.0])     # asymmetric on every axis of a (6, 12, 10) array
+    assert flip_boxes(box, 0, 6).tolist() == [1.0, 1.0, 3.0, 4.0, 4.0, 6.0]
+    assert flip_boxes(box, 1, 12).tolist() == [2.0, 8.0, 3.0, 5.0, 11.0, 6.0]
+    assert flip_boxes(box, 2, 10).tolist() == [2.0, 1.0, 4.0, 5.0, 4.0, 7.0]
+    assert flip_boxes(flip_boxes(box, 1, 12), 1, 12) == pytest.approx(box)
     from autoorgan.boxes import boxes_from_label_map
-    flipped = boxes_from_label_map(mask[:, ::-1].astype(np.uint8))[1]
-    assert flip_boxes(np.array([2, 3, 4, 5, 9, 6.0]), 1, 12).tolist() == flipped
+    mask = np.zeros((6, 12, 10), bool)
+    mask[2:5, 1:4, 3:6] = True
+    for axis in range(3):
+        flipped = boxes_from_label_map(np.flip(mask, axis).astype(np.uint8))[1]
+        assert flip_boxes(box, axis, mask.shape[axis]).tolist() == flipped
     fused = fuse_detections([{0: (np.zeros(6), 0.75)}, {0: (np.ones(6) * 4, 0.25)}])
     assert fused[0][0] == pytest.approx(np.ones(6)) and fused[0][1] == pytest.approx(0.5)
 
@@ -328,9 +332,9 @@ def test_flip_and_fuse_boxes():
     ([1.0, 1.0, 1.0], [0.7, 0.6, 0.9], (20, 30, 25)),   # upsampling: falls back to the single call
 ])
 def test_slab_resampling_equals_nnunet(old, new, shape, monkeypatch):
-    from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape,
-                                                                     resample_data_or_seg_to_shape)
-    import autoorgan.resampling as rs
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
+
+    import autoorgan.preprocessing.resampling as rs
     monkeypatch.setattr(rs, "SLAB_VOXELS", 3000)  # many slabs
     x = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
     kw = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}

@@ -108,7 +108,7 @@ def test_torchrun_two_processes_gloo(trained_roots):
 
 @pytest.mark.parametrize("args, message", [
     (("organdetr", "7"), "fold 7 does not exist"),
-    (("segformer", "0"), "no trainer for configuration"),
+    (("segformer", "0"), "no configuration 'segformer'"),
     (("organdetr", "x"), "fold must be a number"),
 ])
 def test_bad_arguments_give_one_line_errors(trained_roots, args, message):
@@ -147,7 +147,7 @@ def test_preprocessed_boxes_map_back_to_the_raw_label_boxes(trained_roots):
     import SimpleITK as sitk
 
     from autoorgan.boxes import boxes_from_label_map
-    from autoorgan.inference.export import geometry_from_props, preprocessed_to_original
+    from autoorgan.boxes.frames import geometry_from_props, preprocessed_to_original
 
     pre = trained_roots["preprocessed"] / DATASET
     plans = json.loads((pre / "autoorganPlans.json").read_text())

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from autoorgan.errors import cli_entry
-from autoorgan.paths import raw_root
+from autoorgan.utils.errors import cli_entry
+from autoorgan.utils.paths import raw_root
 
 
 @cli_entry

@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from autoorgan.errors import cli_entry
-from autoorgan.paths import preprocessed_root, raw_root, results_root
+from autoorgan.utils.errors import cli_entry
+from autoorgan.utils.paths import preprocessed_root, raw_root, results_root
 
 
 @cli_entry
@@ -35,13 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"preprocessed data and plans are in {preprocessed_root()}")
     print(f"[3/4] training Organ-DETR, fold 0 ({args.epochs} epochs x {args.iters_per_epoch} iterations)")
     from autoorgan.cli import train
-    from autoorgan.paths import find_dataset_name
+    from autoorgan.utils.paths import find_dataset_name
     name = find_dataset_name(str(args.d))
     targs = train.build_parser().parse_args([name, "organdetr", "0", "--epochs", str(args.epochs),
                                              "--iters_per_epoch", str(args.iters_per_epoch), "--lr", "1e-3",
                                              "--val_every", "5", "--warmup_iters", "50"])
-    trainer_cls = train.trainer_class("organdetr")
-    fold_dir = trainer_cls.model_folder_for(name, trainer_cls.__name__) / "fold_0"
+    from autoorgan.configurations import get_configuration
+    from autoorgan.planning.plans import PLANS_NAME
+    from autoorgan.utils.paths import model_folder
+    entry = get_configuration("organdetr")
+    fold_dir = model_folder(name, entry.trainer_name, PLANS_NAME, entry.plans_section) / "fold_0"
     if (fold_dir / "checkpoint_final.pth").is_file():
         print(f"trained model found in {fold_dir}; reusing it (delete the folder to train again)")
         summary = json.loads((fold_dir / "validation" / "summary.json").read_text())

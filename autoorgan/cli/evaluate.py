@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoorgan.errors import UserError, cli_entry
+from autoorgan.utils.errors import UserError, cli_entry
 
 
 @cli_entry
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quiet", action="store_true", help="do not print the table")
     args = p.parse_args(argv)
     from autoorgan.evaluation.folders import evaluate_folders, format_table
-    from autoorgan.fileio import load_json, write_json_atomic
-    from autoorgan.paths import find_dataset_name, preprocessed_root, raw_root
+    from autoorgan.utils.fileio import load_json, write_json_atomic
+    from autoorgan.utils.paths import find_dataset_name, preprocessed_root, raw_root
     name = find_dataset_name(args.d)
     for root in (raw_root(), preprocessed_root()):
         if (root / name / "dataset.json").is_file():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoorgan.errors import UserError, cli_entry
+from autoorgan.utils.errors import UserError, cli_entry
 
 
 @cli_entry
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default="Merged", help="name of the merged dataset (default Merged)")
     args = p.parse_args(argv)
     from autoorgan.dataset.merge import merge_datasets
-    from autoorgan.paths import dataset_folder_name, find_dataset_name, parse_dataset_id, raw_root
+    from autoorgan.utils.paths import dataset_folder_name, find_dataset_name, parse_dataset_id, raw_root
     if len(args.d) < 2:
         raise UserError("give at least two datasets to merge (-d 901 902)")
     sources = [raw_root() / find_dataset_name(d) for d in args.d]

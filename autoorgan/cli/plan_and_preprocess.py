@@ -6,9 +6,10 @@ import os
 import shutil
 import sys
 
-from autoorgan.errors import UserError, cli_entry
-from autoorgan.paths import find_dataset_name, preprocessed_root, raw_root
-from autoorgan.plans import CONFIGURATIONS, PLANS_NAME
+from autoorgan.configurations import CONFIGURATIONS, PLANS_SECTIONS
+from autoorgan.planning.plans import PLANS_NAME
+from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.paths import find_dataset_name, preprocessed_root, raw_root
 
 FINGERPRINT_NAME = "dataset_fingerprint.json"
 
@@ -34,8 +35,10 @@ def build_parser(kind: str = "all") -> argparse.ArgumentParser:
                        help="check every case even when a fingerprint exists (the first run always checks)")
         p.add_argument("--no_verify", action="store_true", help="skip the integrity check (not recommended)")
     if kind in ("all", "plan", "preprocess"):
-        p.add_argument("-c", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS, metavar="CONFIG",
-                       help=f"configurations to plan/preprocess (default: {' '.join(CONFIGURATIONS)})")
+        p.add_argument("-c", nargs="+", default=list(PLANS_SECTIONS), choices=sorted(CONFIGURATIONS),
+                       metavar="CONFIG", help="configurations to plan/preprocess: " +
+                       ", ".join(f"{c.name}" + (f" (= {c.plans_section} plans)" if c.plans_section != c.name else "")
+                                 for c in CONFIGURATIONS.values()) + f" (default: {' '.join(PLANS_SECTIONS)})")
     if kind in ("all", "plan"):
         p.add_argument("-gpu_memory_target", type=float, default=8.0, metavar="GB",
                        help="GPU memory budget used to size inputs and networks (default 8)")
@@ -46,7 +49,8 @@ def build_parser(kind: str = "all") -> argparse.ArgumentParser:
                        help="memory budget of a CPU plan (default 0.25: small enough to train on a laptop)")
         p.add_argument("-overwrite_target_spacing", nargs=3, type=float, default=None, metavar="MM",
                        help="use this target spacing (array order after transpose, mm) instead of the planned one")
-        p.add_argument("--rho", type=int, default=10, help="organdetr queries per organ class (default 10)")
+        p.add_argument("--rho", type=int, default=None, help="organdetr queries per organ class (default: the "
+                       "paper's 10)")
         p.add_argument("--lambda", dest="lambda_match", type=float, default=None,
                        help="DQM matching ratio; eta = ceil(lambda*rho) must be in [1, 5] (default 0.2, adjusted)")
     if kind in ("all", "fingerprint", "preprocess"):
@@ -60,6 +64,16 @@ def build_parser(kind: str = "all") -> argparse.ArgumentParser:
     return p
 
 
+def _sections(configs: list[str]) -> list[str]:
+    """Configuration names -> the plans sections they need (dodnet -> ccq), in order, once each."""
+    out: list[str] = []
+    for c in configs:
+        section = CONFIGURATIONS[c].plans_section
+        if section not in out:
+            out.append(section)
+    return out
+
+
 def _load_raw(dataset: str):
     from autoorgan.dataset.raw import list_cases, load_dataset_json
     name = find_dataset_name(dataset, raw_root())
@@ -69,8 +83,8 @@ def _load_raw(dataset: str):
 
 
 def run_fingerprint(dataset: str, args) -> tuple[str, dict]:
-    from autoorgan.fileio import load_json, write_json_atomic
-    from autoorgan.fingerprint import extract_fingerprint
+    from autoorgan.planning.fingerprint import extract_fingerprint
+    from autoorgan.utils.fileio import load_json, write_json_atomic
     name, folder, ds, cases = _load_raw(dataset)
     out = preprocessed_root() / name
     if getattr(args, "clean", False) and out.is_dir():
@@ -105,9 +119,9 @@ def run_plan(name: str, args) -> dict:
     if args.device is None and device == "cpu":
         print("autoorgan: no GPU visible; organdetr is planned for the CPU (-device cuda to plan for a GPU)",
               file=sys.stderr)
-    plans = plan_dataset(name, raw_root(), preprocessed_root(), tuple(args.c), args.gpu_memory_target, device,
-                         args.overwrite_target_spacing, args.rho, args.lambda_match, args.cpu_memory_target)
-    _print_plans_summary(name, plans, args.c)
+    plans = plan_dataset(name, raw_root(), preprocessed_root(), tuple(_sections(args.c)), args.gpu_memory_target,
+                         device, args.overwrite_target_spacing, args.rho, args.lambda_match, args.cpu_memory_target)
+    _print_plans_summary(name, plans, _sections(args.c))
     return plans
 
 
@@ -128,13 +142,13 @@ def _print_plans_summary(name: str, plans: dict, configs) -> None:
 
 
 def run_preprocess(name: str, args, plans: dict | None = None) -> None:
-    from autoorgan.plans import get_configuration, load_plans
-    from autoorgan.preprocessing import preprocess
+    from autoorgan.planning.plans import get_configuration, load_plans
+    from autoorgan.preprocessing.preprocess import preprocess
     pre = preprocessed_root() / name
     plans = plans or load_plans(pre)
     name, _, ds, cases = _load_raw(name)
     done: set[str] = set()
-    for c in args.c:
+    for c in _sections(args.c):
         ident = get_configuration(plans, c)["data_identifier"]
         if ident in done:
             continue

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoorgan.errors import UserError, cli_entry
+from autoorgan.utils.errors import UserError, cli_entry
 
 EPILOG = ("Inputs: CASE_0000.nii.gz-style channel files, plain CASE.nii.gz/.nii/.nrrd/.mha files (one-channel "
           "models) or one DICOM series per sub-folder. Outputs per case: CASE_boxes.json (boxes in the input "
@@ -38,9 +38,8 @@ def _parser(description: str) -> argparse.ArgumentParser:
 
 
 def _run(args, model_folder) -> None:
-    from autoorgan.inference.predictor import OrganDETRPredictor, SegmentationPredictor, predict_folder
-    kind = SegmentationPredictor if Path(model_folder).name.endswith("__ccq") else OrganDETRPredictor
-    predictor = kind(model_folder, args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta)
+    from autoorgan.inference.predictor import load_predictor, predict_folder
+    predictor = load_predictor(Path(model_folder), args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta)
     if args.tta and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)
@@ -60,24 +59,24 @@ def _run(args, model_folder) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = _parser("Predict organ boxes (organdetr) for a folder of scans with a model trained by autoorgan_train.")
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name the model was trained on")
-    p.add_argument("-c", default="organdetr",
+    p.add_argument("-c", default="organdetr", metavar="CONFIG",
                    help="organdetr (boxes, default), ccq or dodnet (label maps CASE<file_ending>)")
     p.add_argument("-tr", default=None, metavar="TRAINER",
                    help="trainer folder name (default: the configuration's trainer, e.g. OrganDETRTrainer)")
     p.add_argument("-p", default=None, metavar="PLANS", help="plans name (default autoorganPlans)")
     args = p.parse_args(argv)
-    from autoorgan.cli.train import trainer_class
-    from autoorgan.paths import find_dataset_name, results_root
-    from autoorgan.plans import PLANS_NAME
-    cls = trainer_class(args.c)
+    from autoorgan.configurations import get_configuration
+    from autoorgan.planning.plans import PLANS_NAME
+    from autoorgan.utils.paths import find_dataset_name, model_folder, results_root
+    entry = get_configuration(args.c)
     try:
         name = find_dataset_name(args.d, results_root())
     except UserError:
         raise UserError(f"no trained models for dataset {args.d} in {results_root()} (autoorgan_results); train one "
                         f"with autoorgan_train {args.d} {args.c} FOLD") from None
-    folder = cls.model_folder_for(name, args.tr or cls.__name__, args.p or PLANS_NAME)
+    folder = model_folder(name, args.tr or entry.trainer_name, args.p or PLANS_NAME, entry.plans_section)
     if not folder.is_dir():
-        others = sorted(p.name for p in (results_root() / name).glob(f"*__{args.c}")) \
+        others = sorted(p.name for p in (results_root() / name).glob(f"*__{entry.plans_section}")) \
             if (results_root() / name).is_dir() else []
         raise UserError(f"no trained {args.c} model in {folder}" +
                         (f" (found: {', '.join(others)}; pick one with -tr)" if others else

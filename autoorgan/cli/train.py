@@ -4,24 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from autoorgan.errors import UserError, cli_entry
-from autoorgan.paths import find_dataset_name
-
-TRAINERS = {"organdetr": "autoorgan.trainers.organdetr:OrganDETRTrainer",
-            "ccq": "autoorgan.trainers.ccq:CCQTrainer",
-            "dodnet": "autoorgan.trainers.ccq:DoDNetTrainer"}  # DoDNet baseline on the ccq plans
-
-
-def trainer_class(configuration: str):
-    if configuration not in TRAINERS:
-        raise UserError(f"no trainer for configuration {configuration!r}; choose one of {', '.join(TRAINERS)}")
-    module, name = TRAINERS[configuration].split(":")
-    import importlib
-    return getattr(importlib.import_module(module), name)
+from autoorgan.configurations import CONFIGURATIONS, get_configuration
+from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.paths import find_dataset_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from autoorgan.trainers.base import TrainOptions
+    from autoorgan.training.options import TrainOptions
     d = TrainOptions()
     p = argparse.ArgumentParser(
         description="Train one fold of a configuration on a preprocessed dataset. Results go to "
@@ -30,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with torchrun --nproc_per_node N $(which autoorgan_train) ...",
         epilog="Continue an interrupted run with the same command plus --c. See docs/training.md.")
     p.add_argument("dataset", help="dataset id or name, e.g. 3 or Dataset003_Liver")
-    p.add_argument("configuration", help=f"configuration: {', '.join(TRAINERS)}")
+    p.add_argument("configuration", help="configuration: " + "; ".join(f"{c.name} ({c.description})"
+                                                                     for c in CONFIGURATIONS.values()))
     p.add_argument("fold", help="fold 0-4 (splits_final.json) or 'all'")
     p.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
                    help="device (default: cuda when available, else cpu)")
@@ -63,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from autoorgan.trainers.base import TrainOptions
+    from autoorgan.training.options import TrainOptions
+    entry = get_configuration(args.configuration)
     if args.epochs < 1 or args.iters_per_epoch < 1:
         raise UserError("--epochs and --iters_per_epoch must be at least 1")
     extra = {}
@@ -78,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
                        num_workers=workers, extra=extra)
     fold = args.fold if args.fold == "all" else _int_fold(args.fold)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = trainer_class(args.configuration)(find_dataset_name(args.dataset), fold, opt, device,
+    trainer = entry.trainer_class()(find_dataset_name(args.dataset), fold, opt, device,
                                                 trainer_name=args.trainer_name)
     if args.val_only:
         return trainer.validate_checkpoint()

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 from autoorgan.dataset.raw import ANNOTATION_KEY, load_dataset_json
-from autoorgan.errors import UserError
-from autoorgan.fileio import write_json_atomic
-from autoorgan.paths import dataset_folder_name, nnunet_paths
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import write_json_atomic
+from autoorgan.utils.paths import dataset_folder_name, nnunet_paths
 
 
 def _taken(raw_root: Path, dataset_id: int) -> list[Path]:

@@ -19,10 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from autoorgan.dataset.raw import (ANNOTATION_KEY, annotated_labels, foreground_labels, list_cases,
-                                   load_dataset_json)
-from autoorgan.errors import UserError
-from autoorgan.fileio import write_json_atomic
+from autoorgan.dataset.raw import ANNOTATION_KEY, annotated_labels, foreground_labels, list_cases, load_dataset_json
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import write_json_atomic
 
 
 def merged_labels(sources: Sequence[dict]) -> dict[str, int]:

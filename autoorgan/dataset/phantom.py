@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from autoorgan.dataset.raw import ANNOTATION_KEY
-from autoorgan.errors import UserError
-from autoorgan.paths import dataset_folder_name
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.paths import dataset_folder_name
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "stomach": 5,
           "bladder": 6, "aorta": 7}
@@ -125,7 +125,8 @@ def make_case(seed: int, index: int, spacing_scale: float = 1.0) -> tuple[sitk.I
     organ_centres = {}
     for organ in ORGANS:
         scale = rng.uniform(0.85, 1.15)
-        centre = np.array(organ.centre) * np.array([body_r[0] / 165, body_r[1] / 122, 1]) + shift + rng.uniform(-6, 6, 3)
+        centre = (np.array(organ.centre) * np.array([body_r[0] / 165, body_r[1] / 122, 1]) + shift +
+                  rng.uniform(-6, 6, 3))
         rot = _rotation(rng.normal(size=3), np.deg2rad(rng.uniform(0, 15)))
         if organ.name == missing:
             _smooth_noise(rng, rel, 60.0)  # keep the random stream identical whether or not the organ is drawn

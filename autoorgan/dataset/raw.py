@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from autoorgan.errors import DatasetIntegrityError
+from autoorgan.utils.errors import DatasetIntegrityError
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
 ANNOTATION_KEY = "annotated_labels"
@@ -45,13 +45,15 @@ def load_dataset_json(dataset_folder: Path) -> dict:
     """Read and validate ``dataset.json``; every problem is a one-line DatasetIntegrityError saying the fix."""
     path = Path(dataset_folder) / "dataset.json"
     if not path.is_file():
-        raise DatasetIntegrityError(f"{path} is missing: every dataset needs a dataset.json (see docs/dataset_format.md)")
+        raise DatasetIntegrityError(f"{path} is missing: every dataset needs a dataset.json "
+                                    "(see docs/dataset_format.md)")
     try:
         ds = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetIntegrityError(f"{path} is not valid JSON ({err}); fix the file") from None
     if not isinstance(ds, dict):
-        raise DatasetIntegrityError(f"{path} must hold a JSON object with channel_names, labels, numTraining, file_ending")
+        raise DatasetIntegrityError(f"{path} must hold a JSON object with channel_names, labels, numTraining, "
+                                    "file_ending")
     for key in ("channel_names", "labels", "numTraining", "file_ending"):
         if key not in ds:
             hint = " (MSD-style 'modality' is converted by autoorgan_convert_MSD_dataset)" if key == "channel_names" \
@@ -63,7 +65,8 @@ def load_dataset_json(dataset_folder: Path) -> dict:
         raise DatasetIntegrityError(f"{path}: channel_names must map '0', '1', ... to names, e.g. {{\"0\": \"CT\"}}")
     labels = ds["labels"]
     if not isinstance(labels, dict) or not labels:
-        raise DatasetIntegrityError(f"{path}: labels must map names to integers, e.g. {{\"background\": 0, \"Liver\": 1}}")
+        raise DatasetIntegrityError(f"{path}: labels must map names to integers, e.g. "
+                                    '{"background": 0, "Liver": 1}')
     values = list(labels.values())
     if any(not isinstance(v, int) or isinstance(v, bool) for v in values):
         raise DatasetIntegrityError(f"{path}: label values must be integers (regions are not supported); got {labels}")
@@ -253,6 +256,7 @@ def _cases_from_dataset_key(folder: Path, dataset_json: Mapping) -> dict[str, Ra
         label = Path(label) if Path(label).is_absolute() else folder / label
         for f in [*images, label]:
             if not f.is_file():
-                raise DatasetIntegrityError(f"case {case}: file {f} listed in dataset.json does not exist; fix the path")
+                raise DatasetIntegrityError(f"case {case}: file {f} listed in dataset.json does not exist; fix the "
+                                            "path")
         cases[case] = RawCase(case, images, label)
     return cases

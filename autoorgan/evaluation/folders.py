@@ -15,12 +15,12 @@ from typing import Mapping
 
 import numpy as np
 
-from autoorgan.boxes import boxes_from_label_map
+from autoorgan.boxes import Geometry, boxes_from_label_map
 from autoorgan.dataset.raw import annotated_labels, foreground_labels
-from autoorgan.errors import UserError
 from autoorgan.evaluation.detection import CaseDetections, detection_metrics
 from autoorgan.evaluation.segmentation import case_mask_metrics, summarize_masks
-from autoorgan.fileio import load_json
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import load_json
 
 BOX_SUFFIX = "_boxes.json"
 
@@ -39,12 +39,15 @@ def _ids(folder: Path, ending: str) -> tuple[set[str], set[str]]:
     return boxes, masks
 
 
-def pair_cases(ref: Path, pred: Path, file_ending: str) -> Pairing:
+def pair_cases(ref: Path, pred: Path, file_ending: str, cases: list[str] | None = None) -> Pairing:
     for f, what in ((ref, "reference"), (pred, "prediction")):
         if not f.is_dir():
             raise UserError(f"{what} folder {f} does not exist")
     rb, rm = _ids(ref, file_ending)
     pb, pm = _ids(pred, file_ending)
+    if cases is not None:  # only these cases (e.g. a fold's validation cases)
+        keep = set(cases)
+        rb, rm, pb, pm = rb & keep, rm & keep, pb & keep, pm & keep
     if not pb and not pm:
         raise UserError(f"no predictions in {pred} (expected CASE{BOX_SUFFIX} or CASE{file_ending} files)")
     missing = sorted((pb | pm) - (rb | rm))
@@ -59,8 +62,10 @@ def pair_cases(ref: Path, pred: Path, file_ending: str) -> Pairing:
     return Pairing(sorted(pb), sorted(pm), nothing)
 
 
-def _read_label_map(path: Path):
+def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A label map file -> (integer array in array order, its Geometry); one-line UserError when unusable."""
     import SimpleITK as sitk
+
     from autoorgan.boxes import Geometry
     try:
         img = sitk.ReadImage(str(path))
@@ -82,7 +87,7 @@ def _reference_boxes(ref: Path, case: str, file_ending: str, labels: list[int]):
     shape)."""
     lm = ref / f"{case}{file_ending}"
     if lm.is_file():
-        arr, geo = _read_label_map(lm)
+        arr, geo = read_label_map(lm)
         bad = sorted(set(np.unique(arr).tolist()) - {0, *labels})
         if bad:
             raise UserError(f"{lm} has label value(s) {bad} not in dataset.json's labels {labels}")
@@ -96,17 +101,19 @@ def _reference_boxes(ref: Path, case: str, file_ending: str, labels: list[int]):
     return boxes, spacing, annotated, tuple(geo["shape_array_order"]) if geo else None
 
 
-def evaluate_folders(ref: Path, pred: Path, dataset_json: Mapping) -> dict:
-    """Box metrics (when the prediction folder has box files) and mask metrics (when it has label maps)."""
+def evaluate_folders(ref: Path, pred: Path, dataset_json: Mapping, cases: list[str] | None = None) -> dict:
+    """Box metrics (when the prediction folder has box files) and mask metrics (when it has label maps);
+    ``cases``: only these case ids."""
     ref, pred = Path(ref), Path(pred)
     ending = dataset_json["file_ending"]
     labels_by_name = foreground_labels(dataset_json)
     labels = sorted(labels_by_name.values())
     names = {v: k for k, v in labels_by_name.items()}
-    pairing = pair_cases(ref, pred, ending)
+    pairing = pair_cases(ref, pred, ending, cases)
     out: dict = {"reference": str(ref), "prediction": str(pred), "cases_without_prediction": pairing.unpredicted}
     if pairing.box_cases:
-        cases, centre = [], {lab: [] for lab in labels}
+        det_cases: list[CaseDetections] = []
+        centre: dict[int, list[float]] = {lab: [] for lab in labels}
         for cid in pairing.box_cases:
             rboxes, spacing, annotated, shape = _reference_boxes(ref, cid, ending, labels)
             annotated = annotated if annotated is not None else set(annotated_labels(dataset_json, cid))
@@ -117,12 +124,12 @@ def evaluate_folders(ref: Path, pred: Path, dataset_json: Mapping) -> dict:
                                 f"reference on {tuple(shape)}; were they made from the same image?")
             predicted = {int(o["label"]): (np.asarray(o["box_voxel"], np.float64), float(o["score"]))
                          for o in rec["organs"] if int(o["label"]) in labels}
-            cases.append(CaseDetections(rboxes, predicted, annotated, cid))
+            det_cases.append(CaseDetections(rboxes, predicted, annotated, cid))
             for lab, (box, _) in predicted.items():
                 if lab in rboxes and lab in annotated and spacing is not None:
                     d = ((box[:3] + box[3:]) - (rboxes[lab][:3] + rboxes[lab][3:])) / 2 * spacing
                     centre[lab].append(float(np.linalg.norm(d)))
-        det = detection_metrics(cases, names)
+        det = detection_metrics(det_cases, names)
         for lab, name in names.items():
             c = centre[lab]
             det["per_class"][name]["centre_distance_mm_mean"] = float(np.mean(c)) if c else float("nan")
@@ -133,8 +140,8 @@ def evaluate_folders(ref: Path, pred: Path, dataset_json: Mapping) -> dict:
     if pairing.mask_cases:
         per_case = {}
         for cid in pairing.mask_cases:
-            r, rgeo = _read_label_map(ref / f"{cid}{ending}")
-            p, pgeo = _read_label_map(pred / f"{cid}{ending}")
+            r, rgeo = read_label_map(ref / f"{cid}{ending}")
+            p, pgeo = read_label_map(pred / f"{cid}{ending}")
             if r.shape != p.shape or not np.allclose(rgeo.spacing, pgeo.spacing, rtol=1e-3):
                 raise UserError(f"case {cid}: prediction grid {p.shape} / spacing {pgeo.spacing} differs from the "
                                 f"reference's {r.shape} / {rgeo.spacing}")

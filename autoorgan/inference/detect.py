@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from autoorgan.boxes import normalized_to_voxel
-from autoorgan.dataloading import fit_to_input
+from autoorgan.boxes import flip_boxes, normalized_to_voxel
+from autoorgan.preprocessing.fit import fit_to_input
 
 Detections = dict[int, tuple[np.ndarray, float]]  # organ class (0-based) -> (voxel box [6], score)
 
@@ -25,13 +25,6 @@ def top1_per_organ(logits: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Ten
     prob = logits.float().softmax(-1)[:, :-1]  # [N, M]
     scores, idx = prob.max(0)
     return scores, boxes[idx]
-
-
-def flip_boxes(boxes: np.ndarray, axis: int, size: float) -> np.ndarray:
-    """Voxel boxes ``[..., 6]`` mirrored along array ``axis`` of an extent of ``size`` voxels."""
-    out = np.array(boxes, np.float64, copy=True)
-    out[..., axis], out[..., axis + 3] = size - boxes[..., axis + 3], size - boxes[..., axis]
-    return out
 
 
 def fuse_detections(runs: Sequence[Detections]) -> Detections:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoorgan.errors import UserError
+from autoorgan.utils.errors import UserError
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from autoorgan.boxes import Geometry
-from autoorgan.fileio import atomic_output
+from autoorgan.utils.fileio import atomic_output
 
 SLICER_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
                  "markups-schema-v1.0.3.json#")

@@ -1,149 +1,269 @@
-"""Organ-DETR prediction from a trained model folder: read -> preprocess -> detect (folds, mirroring) -> export.
+"""Prediction: read -> preprocess -> network(s) -> back to the original image -> output files.
 
-A model folder is what ``autoorgan_train`` writes
-(``$autoorgan_results/DatasetXXX/<Trainer>__<Plans>__organdetr``): ``plans.json``, ``dataset.json`` and
-``fold_F/checkpoint_final.pth`` (or ``checkpoint_best.pth``). Several folds are ensembled per organ
-(score-weighted mean box, mean score; :func:`autoorgan.inference.detect.fuse_detections`).
+One predictor class per kind of output, both on :class:`Predictor`:
+
+* :class:`OrganDETRPredictor` (``boxes``): top-1 box per organ (``CASE_boxes.json``, Slicer ``CASE.mrk.json``,
+  optional box masks and PNG); several folds are fused per organ (score-weighted mean box, mean score);
+* :class:`SegmentationPredictor` (``masks``, ccq / dodnet): sliding window, per-class probabilities averaged over
+  folds, classes combined, label map ``CASE<file_ending>`` on the input grid.
+
+A predictor holds networks and the plans they were trained with. :func:`load_predictor` builds one from a model
+folder (``$autoorgan_results/DatasetXXX/<Trainer>__<Plans>__<section>`` with ``plans.json``, ``dataset.json`` and
+``fold_F/checkpoint_*.pth``; the network is the one the folder's plans name, looked up in
+:data:`autoorgan.configurations.NETWORKS`; checkpoints are read without unpickling code). Trainers build one around
+the network they train (``Predictor(plans, dataset_json, section, [network], device)``) and validate through
+:meth:`Predictor.predict_preprocessed`, the same path ``autoorgan_predict`` takes after preprocessing (as nnU-Net's
+``perform_actual_validation`` does with its predictor).
 
 Memory: one scan at a time; the image is normalized in place and resampled slab by slab
-(:mod:`autoorgan.resampling`), so a 512 x 512 x 600 CT needs about two copies of the float32 scan, not tens.
+(:mod:`autoorgan.preprocessing.resampling`), so a 512 x 512 x 600 CT needs about two copies of the float32 scan.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoorgan.boxes import Geometry, geometry_from_props, preprocessed_to_original
+from autoorgan.configurations import PLANS_SECTIONS, network_class
 from autoorgan.dataset.raw import foreground_labels
-from autoorgan.errors import UserError
-from autoorgan.fileio import load_json, load_network_state, write_json_atomic
 from autoorgan.inference.detect import Detections, detect_case, fuse_detections
-from autoorgan.inference.export import case_box_record, geometry_from_props, preprocessed_to_original
+from autoorgan.inference.export import case_box_record
 from autoorgan.inference.inputs import CaseError, InputCase, find_input_cases, read_input_case
 from autoorgan.inference.outputs import box_label_map, save_png, slicer_markups, write_image_atomic
-from autoorgan.plans import get_configuration
+from autoorgan.planning.plans import get_configuration
+from autoorgan.utils.checkpoints import load_checkpoint, load_network_state
+from autoorgan.utils.device import select_device
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import load_json, write_json_atomic
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+
+Organs = dict[int, tuple[np.ndarray, float]]  # label value -> (voxel box [6] in the original array, score)
 
 
 def available_folds(model_folder: Path, checkpoint: str) -> list[str]:
     return sorted(p.parent.name[len("fold_"):] for p in Path(model_folder).glob(f"fold_*/{checkpoint}"))
 
 
-def resolve_device(name: str | None) -> torch.device:
-    from autoorgan.trainers.base import select_device
-    return select_device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def build_network(plans: dict, section: str, dataset_json: dict) -> torch.nn.Module:
+    """The network the plans' ``section`` names (``architecture.network_class_name``), built from the plans."""
+    cfg = get_configuration(plans, section)
+    name = cfg.get("architecture", {}).get("network_class_name", "")
+    return network_class(name).from_plans(cfg, len(dataset_json["channel_names"]),
+                                          len(foreground_labels(dataset_json)))
 
 
-class ModelFolderPredictor:
-    """The folds of one trained model folder, loaded for prediction (subclasses: what to predict and write)."""
+@contextlib.contextmanager
+def eval_mode(networks: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Networks in eval mode for the block, their previous mode restored afterwards (validation during training)."""
+    was = [n.training for n in networks]
+    for n in networks:
+        n.eval()
+    try:
+        yield
+    finally:
+        for n, w in zip(networks, was, strict=True):
+            n.train(w)
 
-    configuration_name = ""
-    done_suffix = "_boxes.json"   # the file whose presence marks a finished case (written last)
 
-    def __init__(self, model_folder: Path, folds: Sequence[str | int] | None = None,
-                 checkpoint: str = "checkpoint_final.pth", device: str | None = None, tta: bool = False):
-        self.model_folder = Path(model_folder)
-        for f in ("plans.json", "dataset.json"):
-            if not (self.model_folder / f).is_file():
-                raise UserError(f"{self.model_folder} is not a trained model folder (no {f}); train one with "
-                                "autoorgan_train DATASET organdetr FOLD")
-        if checkpoint not in CHECKPOINTS:
-            raise UserError(f"unknown checkpoint {checkpoint!r}; choose {', '.join(CHECKPOINTS)}")
-        self.plans = load_json(self.model_folder / "plans.json")
-        self.dataset_json = load_json(self.model_folder / "dataset.json")
-        self.configuration = self.model_folder.name.split("__")[-1]
-        if self.configuration != self.configuration_name:
-            raise UserError(f"{self.model_folder} holds a {self.configuration!r} model, not "
-                            f"{self.configuration_name}; pick the matching -c")
-        self.cfg = get_configuration(self.plans, self.configuration)
-        have = available_folds(self.model_folder, checkpoint)
-        self.folds = [str(f) for f in folds] if folds else have
-        missing = [f for f in self.folds if f not in have]
-        if missing or not self.folds:
-            raise UserError(f"no {checkpoint} for fold(s) {', '.join(missing) or '(any)'} in {self.model_folder} "
-                            f"(available: {', '.join(have) or 'none'}); finish training first "
-                            f"(autoorgan_train ... organdetr FOLD) or choose -f {' '.join(have) or 'FOLD'}")
-        self.device = resolve_device(device)
-        self.num_channels = len(self.dataset_json["channel_names"])
-        labels = foreground_labels(self.dataset_json)
+class Predictor:
+    """Networks of one plans section (e.g. the folds of a model folder) and everything needed to predict with them.
+
+    Args:
+        plans: the plans the networks were trained with (a model folder's ``plans.json``).
+        dataset_json: the dataset's ``dataset.json`` (labels, channels, file ending).
+        section: the plans section (``organdetr`` or ``ccq``).
+        networks: one or more networks (ensembled).
+        device: where the networks run.
+        mirror_axes: test-time mirroring along these preprocessed-array axes (boxes only).
+    """
+
+    output = ""
+
+    def __init__(self, plans: dict, dataset_json: dict, section: str, networks: Sequence[torch.nn.Module],
+                 device: torch.device, mirror_axes: Sequence[int] = ()):
+        self.plans, self.dataset_json, self.section = plans, dataset_json, section
+        self.cfg = get_configuration(plans, section)
+        self.networks = list(networks)
+        self.device = device
+        self.mirror_axes = tuple(int(a) for a in mirror_axes)
+        self.num_channels = len(dataset_json["channel_names"])
+        labels = foreground_labels(dataset_json)
         self.label_values = sorted(labels.values())
         self.label_names = {v: k for k, v in labels.items()}
-        self.mirror_axes = tuple(int(a) for a in self.cfg.get("mirror_axes", ())) if tta else ()
-        self.checkpoint = checkpoint
-        self.networks = []
-        for fold in self.folds:
-            path = self.model_folder / f"fold_{fold}" / checkpoint
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=False)["network"]
-            except Exception as err:
-                raise UserError(f"cannot read {path} ({type(err).__name__}); is the file complete?") from None
-            net = self.build_network()
-            load_network_state(net, state, path, "retrain, or predict with the version that trained it")
-            self.networks.append(net.to(self.device).eval())
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-        self.reader = PlansManager(self.plans).image_reader_writer_class()
+        self.model_folder: Path | None = None
+        self.folds: list[str] = []
+        self.checkpoint = ""
+        self._reader = None
 
-    def build_network(self) -> torch.nn.Module:
+    @property
+    def reader(self) -> Any:
+        if self._reader is None:
+            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+            self._reader = PlansManager(self.plans).image_reader_writer_class()
+        return self._reader
+
+    @property
+    def done_suffix(self) -> str:
+        """The file whose presence marks a finished case (written last)."""
+        raise NotImplementedError
+
+    def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Any, Geometry | None]:
+        """Preprocessed ``data [C, n0, n1, n2]`` and its properties -> (prediction in the original image frame,
+        the original image's geometry)."""
+        raise NotImplementedError
+
+    def predict_arrays(self, data: np.ndarray, props: dict) -> tuple[Any, Geometry | None]:
+        """Reader output (``data [C, n0, n1, n2]``, nnU-Net properties) -> :meth:`predict_preprocessed`'s result."""
+        from autoorgan.preprocessing.preprocess import preprocess_for_inference
+        pre, props = preprocess_for_inference(data, props, self.plans, self.section, self.dataset_json)
+        return self.predict_preprocessed(pre, props)
+
+    def write_case(self, case_id: str, prediction: Any, geometry: Geometry, out_dir: Path, image0=None,
+                   save_box_masks: bool = False) -> dict:
+        """Write one case's files (the ``done_suffix`` file last); returns its record."""
         raise NotImplementedError
 
     def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
                      save_png_file: bool = False) -> dict:
-        raise NotImplementedError
+        """Read, predict and write one case; returns its record. Raises CaseError."""
+        data, props = read_input_case(case, self.reader, self.num_channels)
+        image0 = data[0].copy() if save_png_file else None
+        prediction, geometry = self.predict_arrays(data, props)
+        del data
+        return self.write_case(case.case_id, prediction, geometry, out_dir, image0, save_box_masks)
 
 
-class OrganDETRPredictor(ModelFolderPredictor):
-    """Predict organ boxes for scans with the folds of one trained Organ-DETR model folder."""
+class OrganDETRPredictor(Predictor):
+    """Organ boxes (top-1 query per organ) from Organ-DETR networks."""
 
-    configuration_name = "organdetr"
+    output = "boxes"
+    done_suffix = "_boxes.json"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
 
-    def build_network(self) -> torch.nn.Module:
-        from autoorgan.networks.organdetr import OrganDETR
-        return OrganDETR.from_plans(self.cfg, self.num_channels)
-
     def detect_preprocessed(self, data: np.ndarray) -> Detections:
         """Preprocessed ``data [C, n0, n1, n2]`` -> fused detections (preprocessed frame, classes 0-based)."""
-        runs = [detect_case(net, data, self.input_shape, self.device, self.mirror_axes) for net in self.networks]
+        with eval_mode(self.networks):
+            runs = [detect_case(net, data, self.input_shape, self.device, self.mirror_axes) for net in self.networks]
         return fuse_detections(runs)
 
-    def predict_arrays(self, data: np.ndarray, props: dict) -> tuple[dict[int, tuple[np.ndarray, float]], object]:
-        """Reader output (``data [C, n0, n1, n2]``, nnU-Net properties) -> (``{label: (voxel box [6] in the original
-        array, score)}``, the image Geometry)."""
-        from autoorgan.preprocessing import preprocess_for_inference
-        pre, props = preprocess_for_inference(data, props, self.plans, self.configuration, self.dataset_json)
-        dets = self.detect_preprocessed(pre)
+    def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Organs, Geometry | None]:
         tb = self.plans["transpose_backward"]
-        organs = {self.label_values[k]: (preprocessed_to_original(box, props, pre.shape[1:], tb), score)
-                  for k, (box, score) in dets.items()}
+        organs = {self.label_values[k]: (preprocessed_to_original(box, props, data.shape[1:], tb), score)
+                  for k, (box, score) in self.detect_preprocessed(data).items()}
         return organs, geometry_from_props(props, tb)
 
-    def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
-                     save_png_file: bool = False) -> dict:
-        """Read, predict and write one case's files; returns its CASE_boxes.json record. Raises CaseError."""
-        data, props = read_input_case(case, self.reader, self.num_channels)
-        image0 = data[0].copy() if save_png_file else None
-        organs, geometry = self.predict_arrays(data, props)
-        del data
-        record = case_box_record(case.case_id, organs, self.label_names, geometry)
-        write_json_atomic(slicer_markups(record), out_dir / f"{case.case_id}.mrk.json")
+    def write_case(self, case_id: str, prediction: Organs, geometry: Geometry, out_dir: Path, image0=None,
+                   save_box_masks: bool = False) -> dict:
+        record = case_box_record(case_id, prediction, self.label_names, geometry)
+        write_json_atomic(slicer_markups(record), out_dir / f"{case_id}.mrk.json")
         if save_box_masks:
-            write_image_atomic(box_label_map(organs, geometry.shape), geometry,
-                               out_dir / f"{case.case_id}_boxmask.nii.gz")
-        if save_png_file:
-            save_png(image0, organs, self.label_names, geometry.spacing_array_order,
-                     out_dir / f"{case.case_id}_boxes.png")
-        write_json_atomic(record, out_dir / f"{case.case_id}_boxes.json")  # last: marks the case as done
+            write_image_atomic(box_label_map(prediction, geometry.shape), geometry,
+                               out_dir / f"{case_id}_boxmask.nii.gz")
+        if image0 is not None:
+            save_png(image0, prediction, self.label_names, geometry.spacing_array_order,
+                     out_dir / f"{case_id}_boxes.png")
+        write_json_atomic(record, out_dir / f"{case_id}{self.done_suffix}")  # last: marks the case as done
         return record
+
+
+class SegmentationPredictor(Predictor):
+    """Label maps (``CASE<file_ending>`` on the input image's grid) from ccq or dodnet networks: sliding window over
+    the preprocessed scan, per-class probabilities averaged over networks, classes combined (highest probability
+    above the plans' threshold), then resampled (nnU-Net's label resampling), un-cropped and un-transposed."""
+
+    output = "masks"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.mirror_axes:
+            raise UserError("test-time mirroring is for boxes (organdetr) only")
+        self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
+        self.patch_size = [int(p) for p in self.cfg["patch_size"]]
+
+    @property
+    def done_suffix(self) -> str:
+        return self.dataset_json["file_ending"]
+
+    def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[np.ndarray, Geometry | None]:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from autoorgan.inference.segment import combine_classes
+        from autoorgan.inference.sliding import sliding_window_probs
+        with eval_mode(self.networks):
+            probs = sum(sliding_window_probs(net, data, self.patch_size, self.device, len(self.label_values))
+                        for net in self.networks) / len(self.networks)
+        labels = combine_classes(probs, self.label_values, self.threshold)[None]
+        resample = PlansManager(self.plans).get_configuration(self.section).resampling_fn_seg
+        crop_shape = [int(s) for s in props["shape_after_cropping_and_before_resampling"]]
+        spacing = [props["spacing"][i] for i in self.plans["transpose_forward"]]
+        back = np.asarray(resample(labels, crop_shape, self.cfg["spacing"], spacing))[0]
+        full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
+        full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
+        return full.transpose(self.plans["transpose_backward"]), \
+            geometry_from_props(props, self.plans["transpose_backward"])
+
+    def write_case(self, case_id: str, prediction: np.ndarray, geometry: Geometry, out_dir: Path, image0=None,
+                   save_box_masks: bool = False) -> dict:
+        if save_box_masks or image0 is not None:
+            raise UserError("--save_box_masks and --save_png are for boxes (organdetr) only")
+        write_image_atomic(prediction, geometry, out_dir / f"{case_id}{self.done_suffix}")
+        return {"case_id": case_id, "labels_present": sorted(int(v) for v in np.unique(prediction) if v)}
+
+
+PREDICTOR_CLASSES = {"boxes": OrganDETRPredictor, "masks": SegmentationPredictor}
+
+
+def load_predictor(model_folder: Path, folds: Sequence[str | int] | None = None,
+                   checkpoint: str = "checkpoint_final.pth", device: str | None = None, tta: bool = False
+                   ) -> Predictor:
+    """The predictor of a trained model folder with the given folds (default: every fold with ``checkpoint``)."""
+    from autoorgan.configurations import configurations_of_section
+    model_folder = Path(model_folder)
+    for f in ("plans.json", "dataset.json"):
+        if not (model_folder / f).is_file():
+            raise UserError(f"{model_folder} is not a trained model folder (no {f}); train one with "
+                            "autoorgan_train DATASET CONFIGURATION FOLD")
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"unknown checkpoint {checkpoint!r}; choose {', '.join(CHECKPOINTS)}")
+    section = model_folder.name.split("__")[-1]
+    if section not in PLANS_SECTIONS:
+        raise UserError(f"{model_folder.name} is not named <Trainer>__<Plans>__<{'|'.join(PLANS_SECTIONS)}>; is it "
+                        "a model folder made by autoorgan_train?")
+    plans = load_json(model_folder / "plans.json")
+    dataset_json = load_json(model_folder / "dataset.json")
+    have = available_folds(model_folder, checkpoint)
+    chosen = [str(f) for f in folds] if folds else have
+    missing = [f for f in chosen if f not in have]
+    if missing or not chosen:
+        raise UserError(f"no {checkpoint} for fold(s) {', '.join(missing) or '(any)'} in {model_folder} "
+                        f"(available: {', '.join(have) or 'none'}); finish training first or choose "
+                        f"-f {' '.join(have) or 'FOLD'}")
+    dev = select_device(device)
+    networks = []
+    for fold in chosen:
+        path = model_folder / f"fold_{fold}" / checkpoint
+        state = load_checkpoint(path, "is the file complete, and was it written by autoorgan_train?")["network"]
+        net = build_network(plans, section, dataset_json)
+        load_network_state(net, state, path, "retrain, or predict with the version that trained it")
+        networks.append(net.to(dev).eval())
+    kind = PREDICTOR_CLASSES[configurations_of_section(section)[0].output]
+    cfg = get_configuration(plans, section)
+    mirror = tuple(int(a) for a in cfg.get("mirror_axes", ())) if tta else ()
+    predictor = kind(plans, dataset_json, section, networks, dev, mirror)
+    predictor.model_folder, predictor.folds, predictor.checkpoint = model_folder, chosen, checkpoint
+    return predictor
 
 
 @dataclass
@@ -154,13 +274,15 @@ class FolderResult:
     seconds: float = 0.0
 
 
-def predict_folder(predictor: ModelFolderPredictor, input_folder: Path, output_folder: Path,
+def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path,
                    continue_prediction: bool = False, save_box_masks: bool = False, save_png_file: bool = False,
                    progress: bool = True) -> FolderResult:
     """Predict every case of ``input_folder`` into ``output_folder``; a failing case is reported and skipped."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if output_folder.resolve() == input_folder.resolve():
         raise UserError("the output folder must differ from the input folder")
+    if predictor.output != "boxes" and (save_box_masks or save_png_file):
+        raise UserError("--save_box_masks and --save_png are for boxes (organdetr) only")
     cases, notes = find_input_cases(input_folder, predictor.num_channels)
     output_folder.mkdir(parents=True, exist_ok=True)
     for stale in output_folder.glob(".*.tmp*"):  # left by a kill while writing
@@ -186,50 +308,7 @@ def predict_folder(predictor: ModelFolderPredictor, input_folder: Path, output_f
     info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds,
             "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
             "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
-            "configuration": predictor.configuration,
+            "configuration": predictor.section,
             "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array order"}
     write_json_atomic(info, output_folder / "prediction_info.json")
     return result
-
-
-class SegmentationPredictor(ModelFolderPredictor):
-    """Label maps (``CASE<file_ending>`` on the input image's grid) from ccq or dodnet model folders: sliding
-    window over the preprocessed scan, per-class probabilities averaged over folds, classes combined (highest
-    probability above the plans' threshold), then resampled (nnU-Net's label resampling), un-cropped and
-    un-transposed onto the input grid."""
-
-    configuration_name = "ccq"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-        self.done_suffix = self.dataset_json["file_ending"]
-        self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
-        self.patch_size = [int(p) for p in self.cfg["patch_size"]]
-        self.resample_labels = PlansManager(self.plans).get_configuration(self.configuration).resampling_fn_seg
-
-    def build_network(self) -> torch.nn.Module:
-        from autoorgan.networks.ccq import CCQ, DoDNet
-        cls = DoDNet if self.model_folder.name.startswith("DoDNet") else CCQ
-        return cls.from_plans(self.cfg, self.num_channels, len(self.label_values))
-
-    def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
-                     save_png_file: bool = False) -> dict:
-        from autoorgan.inference.segment import combine_classes
-        from autoorgan.inference.sliding import sliding_window_probs
-        from autoorgan.preprocessing import preprocess_for_inference
-        data, props = read_input_case(case, self.reader, self.num_channels)
-        pre, props = preprocess_for_inference(data, props, self.plans, self.configuration, self.dataset_json)
-        del data
-        probs = sum(sliding_window_probs(net, pre, self.patch_size, self.device, len(self.label_values))
-                    for net in self.networks) / len(self.networks)
-        labels = combine_classes(probs, self.label_values, self.threshold)[None]
-        crop_shape = [int(s) for s in props["shape_after_cropping_and_before_resampling"]]
-        spacing = [props["spacing"][i] for i in self.plans["transpose_forward"]]
-        back = np.asarray(self.resample_labels(labels, crop_shape, self.cfg["spacing"], spacing))[0]
-        full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
-        full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
-        full = full.transpose(self.plans["transpose_backward"])
-        geometry = geometry_from_props(props, self.plans["transpose_backward"])
-        write_image_atomic(full, geometry, out_dir / f"{case.case_id}{self.done_suffix}")
-        return {"case_id": case.case_id, "labels_present": sorted(int(v) for v in np.unique(full) if v)}

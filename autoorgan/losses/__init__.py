@@ -1,2 +1,2 @@
 """Training losses: detection set loss (autoorgan.losses.detection) and partial-label segmentation loss
-(autoorgan.losses.segmentation)."""
+(autoorgan.losses.partial_softmax)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autoorgan.boxes_torch import center_to_corners, generalized_box_iou
-from autoorgan.losses.segmentation import multiscale_seg_loss
+from autoorgan.boxes.torch_ops import center_to_corners, generalized_box_iou
+from autoorgan.losses.partial_softmax import multiscale_seg_loss
+from autoorgan.matching import DenseQueryMatcher, HungarianMatcher
+from autoorgan.utils.errors import UserError
 
 
 def classification_loss(logits: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -51,14 +53,20 @@ def box_losses(boxes: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tens
     return l1, (1 - giou).mean()
 
 
+LOSS_WEIGHTS = ("cls", "bbox_l1", "giou", "seg", "no_object")
+MATCHERS = ("dqm", "hungarian")
+
+
 class OrganDETRLoss:
     """Call with the network output dict, target list and seg labels ``[B, n0, n1, n2]``; returns
-    ``(total, parts)`` where ``parts`` holds detached scalars for logging."""
+    ``(total, parts)`` where ``parts`` holds detached scalars for logging. ``weights``: the plans'
+    ``organdetr.loss_weights`` (every key of :data:`LOSS_WEIGHTS`)."""
 
-    def __init__(self, matcher, weights: dict, use_seg: bool = True, use_aux: bool = True):
-        self.matcher = matcher
-        self.w = {"cls": 2.0, "bbox_l1": 5.0, "giou": 2.0, "seg": 2.0, "no_object": 0.1, **weights}
-        self.use_seg, self.use_aux = use_seg, use_aux
+    def __init__(self, matcher, weights: dict, use_seg: bool = True):
+        missing = [k for k in LOSS_WEIGHTS if k not in weights]
+        if missing:
+            raise ValueError(f"loss weights {missing} missing")
+        self.matcher, self.w, self.use_seg = matcher, {k: float(weights[k]) for k in LOSS_WEIGHTS}, use_seg
 
     def detection_terms(self, logits, boxes, targets):
         matches = self.matcher(logits.detach(), boxes.detach(), targets)
@@ -67,7 +75,7 @@ class OrganDETRLoss:
         return cls, l1, giou
 
     def __call__(self, out: dict, targets: list[dict], seg_labels: torch.Tensor | None):
-        layers = [out] + (list(out["aux"]) if self.use_aux else [])
+        layers = [out, *out["aux"]]
         parts = {"cls": 0.0, "bbox_l1": 0.0, "giou": 0.0}
         total = 0
         for layer in layers:
@@ -82,3 +90,15 @@ class OrganDETRLoss:
             parts["seg"] = seg.item()
         parts["total"] = total.item()
         return total, parts
+
+
+def build_criterion(organdetr_plans: dict, matcher: str, use_seg: bool = True) -> OrganDETRLoss:
+    """The loss of a run from the plans' ``organdetr`` section (loss weights, which are also the matching costs,
+    and eta) with ``matcher`` ``dqm`` or ``hungarian``."""
+    w = organdetr_plans["loss_weights"]
+    costs = dict(w_class=w["cls"], w_bbox=w["bbox_l1"], w_giou=w["giou"])
+    if matcher == "dqm":
+        return OrganDETRLoss(DenseQueryMatcher(organdetr_plans["eta"], **costs), w, use_seg)
+    if matcher == "hungarian":
+        return OrganDETRLoss(HungarianMatcher(**costs), w, use_seg)
+    raise UserError(f"unknown matcher {matcher!r}; choose {' or '.join(MATCHERS)}")

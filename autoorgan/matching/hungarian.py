@@ -1,4 +1,4 @@
-"""One-to-one Hungarian matching with DETR's costs (class, L1, GIoU; default weights 2 / 5 / 2).
+"""One-to-one Hungarian matching with DETR's costs (class, L1, GIoU; weights from the plans' ``loss_weights``).
 
 Inputs for a batch: ``logits [B, N, C + 1]`` (last class = no-object), ``boxes [B, N, 6]`` normalized
 (``[c0, c1, c2, s0, s1, s2]``, autoorgan.boxes), and per item a target dict with ``labels [M]`` (0-based organ
@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from autoorgan.boxes_torch import center_to_corners, generalized_box_iou
+from autoorgan.boxes.torch_ops import center_to_corners, generalized_box_iou
 
 
 def match_cost(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, tgt_boxes: torch.Tensor,
-               w_class: float = 2.0, w_bbox: float = 5.0, w_giou: float = 2.0) -> torch.Tensor:
+               w_class: float, w_bbox: float, w_giou: float) -> torch.Tensor:
     """Cost matrix ``[N, M]`` of one item: ``-w_class * p(label) + w_bbox * L1 - w_giou * GIoU``."""
     prob = logits.softmax(-1)[:, labels]  # [N, M]
     l1 = torch.cdist(boxes, tgt_boxes, p=1)
@@ -32,7 +32,7 @@ def solve(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class HungarianMatcher:
     """DETR's one-to-one matcher. Call with ``(logits, boxes, targets)``; see the module docstring."""
 
-    def __init__(self, w_class: float = 2.0, w_bbox: float = 5.0, w_giou: float = 2.0):
+    def __init__(self, w_class: float, w_bbox: float, w_giou: float):
         self.w = (w_class, w_bbox, w_giou)
 
     def copies_per_target(self, num_queries: int, num_targets: int) -> int:

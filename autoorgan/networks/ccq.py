@@ -75,7 +75,7 @@ class UNetParts(nn.Module):
     def decode(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Bottleneck map ``x [B', C_last, ...]`` and encoder skips (each ``[B', C_s, ...]``, finest first) ->
         full-resolution features ``[B', C_0, D, H, W]``."""
-        for i, (up, gate, block) in enumerate(zip(self.up, self.gates, self.blocks)):
+        for i, (up, gate, block) in enumerate(zip(self.up, self.gates, self.blocks, strict=True)):
             u = up(x)
             s = skips[-(i + 2)]
             if self.attentive:  # eq. 5
@@ -136,7 +136,7 @@ class CCQ(nn.Module):
         super().__init__()
         self.unet = UNetParts(input_channels, arch_kwargs, attentive_skips=True)
         c_last = self.unet.features[-1]
-        self.grid = [int(p) // int(s) for p, s in zip(patch_size, self.unet.total_stride)]
+        self.grid = [int(p) // int(s) for p, s in zip(patch_size, self.unet.total_stride, strict=True)]
         n_tokens = int(np.prod(self.grid))
         c = int(hidden_dim or c_last)
         self.proj_in = nn.Conv3d(c_last, c, 1)
@@ -166,7 +166,7 @@ class CCQ(nn.Module):
         self.num_classes, self.num_queries = num_classes, num_queries
 
     @classmethod
-    def from_plans(cls, configuration: dict, input_channels: int, num_classes: int) -> "CCQ":
+    def from_plans(cls, configuration: dict, input_channels: int, num_classes: int) -> CCQ:
         ccq = configuration.get("ccq", {})
         return cls(input_channels, num_classes, configuration["architecture"]["arch_kwargs"],
                    configuration["patch_size"], num_queries=int(ccq.get("num_class_queries", 32)),
@@ -230,7 +230,7 @@ class DoDNet(nn.Module):
         self.num_classes = num_classes
 
     @classmethod
-    def from_plans(cls, configuration: dict, input_channels: int, num_classes: int) -> "DoDNet":
+    def from_plans(cls, configuration: dict, input_channels: int, num_classes: int) -> DoDNet:
         return cls(input_channels, num_classes, configuration["architecture"]["arch_kwargs"])
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:

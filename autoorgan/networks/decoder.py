@@ -125,7 +125,7 @@ class DeformableDecoder(nn.Module):
         pos, tgt = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1).chunk(2, dim=-1)
         ref = self.ref_head(pos).sigmoid()
         hs, boxes = [], []
-        for layer, box_head in zip(self.layers, self.box_heads):
+        for layer, box_head in zip(self.layers, self.box_heads, strict=True):
             tgt = layer(tgt, pos, ref, values)
             box = (inverse_sigmoid(ref) + box_head(tgt)).sigmoid()
             hs.append(tgt)

@@ -99,7 +99,7 @@ class MSALevelBlock(nn.Module):
         """``x [W, T, C]`` windows of this level; ``higher``: per higher level (top first) its covering windows
         ``[W, T, C]`` and their position embedding."""
         x = self.self_ffn(self.self_attn(x, pos))
-        for attn, ffn, (kv, kv_pos) in zip(self.cross_attn, self.cross_ffn, higher):
+        for attn, ffn, (kv, kv_pos) in zip(self.cross_attn, self.cross_ffn, higher, strict=True):
             x = ffn(attn(x, pos, kv, kv_pos))
         return x
 
@@ -126,16 +126,17 @@ class MSAEncoder(nn.Module):
         wins = [w for w, _ in parts]
         grids = [g for _, g in parts]
         b = maps[0].shape[0]
-        for block in self.blocks:
+        block: nn.ModuleList
+        for block in self.blocks:  # type: ignore[assignment]
             new: list[torch.Tensor] = []
             for lvl, layer in enumerate(block):
                 pos = self.pos + self.level_embed[lvl]
                 higher = []
                 for m in range(lvl):
-                    factor = tuple(max(1, round(fs / cs)) for fs, cs in zip(shapes[lvl], shapes[m]))
+                    factor = tuple(max(1, round(fs / cs)) for fs, cs in zip(shapes[lvl], shapes[m], strict=True))
                     kv = covering_windows(new[m], grids[lvl], factor).reshape(-1, self.p ** 3, new[m].shape[-1])
                     higher.append((kv, self.pos + self.level_embed[m]))
                 x = layer(wins[lvl].reshape(-1, self.p ** 3, wins[lvl].shape[-1]), pos, higher)
                 new.append(x.reshape(b, *grids[lvl], self.p ** 3, -1))
             wins = new
-        return [window_merge(w, self.p, s) for w, s in zip(wins, shapes)]
+        return [window_merge(w, self.p, s) for w, s in zip(wins, shapes, strict=True)]

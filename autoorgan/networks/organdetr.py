@@ -37,13 +37,17 @@ class OrganDETR(nn.Module):
         self.class_heads = nn.ModuleList(nn.Linear(hidden_dim, num_classes + 1) for _ in range(decoder_layers))
 
     @classmethod
-    def from_plans(cls, configuration: dict, input_channels: int) -> "OrganDETR":
+    def from_plans(cls, configuration: dict, input_channels: int, num_classes: int) -> OrganDETR:
         kw = dict(configuration["architecture"]["arch_kwargs"])
+        if int(kw.get("num_classes", num_classes)) != num_classes:
+            raise ValueError(f"the plans' organdetr network has {kw['num_classes']} organ classes but the dataset "
+                             f"{num_classes}")
+        kw["num_classes"] = num_classes
         return cls(input_channels, **kw)
 
     def forward(self, x: torch.Tensor) -> dict:
         maps = self.encoder(self.backbone(x))
-        seg = [head(m) for head, m in zip(self.seg_heads, maps)]
+        seg = [head(m) for head, m in zip(self.seg_heads, maps, strict=True)]
         hs, boxes = self.decoder(maps)
-        outs = [{"logits": head(h), "boxes": bx} for head, h, bx in zip(self.class_heads, hs, boxes)]
+        outs = [{"logits": head(h), "boxes": bx} for head, h, bx in zip(self.class_heads, hs, boxes, strict=True)]
         return {**outs[-1], "aux": outs[:-1], "seg": seg}

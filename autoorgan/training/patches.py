@@ -7,8 +7,9 @@ its voxels (nnU-Net draws the case first and then one of its classes, which star
 classes a case does not annotate are 0 in its label map, so oversampling only ever targets **annotated** organs.
 Otherwise a random case and a random patch. Patches are augmented by nnU-Net's training transforms
 (batchgeneratorsv2: rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma; mirroring only
-along the plans' ``mirror_axes``, none by default because left and right organs would swap). Sample ``g`` of a run is a pure function of ``(seed, g)`` (the random generators are
-seeded per sample and restored afterwards), which gives exact resume as for Organ-DETR.
+along the plans' ``mirror_axes``, none by default because left and right organs would swap). Sample ``g`` of a run
+is a pure function of ``(seed, g)`` (the random generators are seeded per sample and restored afterwards), which
+gives exact resume as for Organ-DETR.
 """
 from __future__ import annotations
 

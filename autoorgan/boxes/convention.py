@@ -60,7 +60,7 @@ class Geometry:
         return np.asarray(self.spacing, dtype=np.float64)[::-1]
 
     @classmethod
-    def from_sitk(cls, image) -> "Geometry":
+    def from_sitk(cls, image) -> Geometry:
         """Geometry of a ``SimpleITK.Image`` (its array is ``sitk.GetArrayFromImage(image)``)."""
         return cls(shape=tuple(int(s) for s in image.GetSize()[::-1]),
                    spacing=tuple(float(s) for s in image.GetSpacing()),

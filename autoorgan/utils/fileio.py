@@ -10,8 +10,6 @@ from typing import Iterator
 
 import numpy as np
 
-from autoorgan.errors import UserError
-
 
 def _json_default(obj):
     if isinstance(obj, np.integer):
@@ -63,13 +61,3 @@ def to_jsonable(obj):
 def load_json(path: Path):
     with open(path) as f:
         return json.load(f)
-
-
-def load_network_state(net, state: dict, path: Path, advice: str) -> None:
-    """``net.load_state_dict(state)`` (``state`` read from the checkpoint ``path``); keys or shapes that differ (another
-    autoorgan version, other plans) become a one-line :class:`UserError` ending in ``advice``."""
-    try:
-        net.load_state_dict(state)
-    except RuntimeError:
-        raise UserError(f"{path} does not fit this network (made by another autoorgan version or other plans); "
-                        f"{advice}") from None

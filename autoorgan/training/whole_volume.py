@@ -1,10 +1,7 @@
 """Whole-volume training data for Organ-DETR: preprocessed case -> fixed network input with label map and boxes.
 
-Every case is brought to the planned ``input_shape`` the same way in training and at inference
-(:func:`fit_to_input`): an axis longer than the input is scaled down to fit (trilinear image, nearest labels), a
-shorter one is padded with the case's minimum intensity (centred at inference, at a random offset in training).
-:class:`FitTransform` records that mapping, so boxes predicted in the input frame map back to the preprocessed case
-(``x_case = (x_input - offset) / scale``, per axis, edge coordinates).
+Every case is brought to the planned ``input_shape`` as at inference
+(:func:`autoorgan.preprocessing.fit.fit_to_input`, at a random pad offset in training).
 
 Training items are then augmented with batchgeneratorsv2 (rotation, scaling, noise, blur, brightness, contrast,
 gamma; no mirroring by default because organ labels are lateralised) and the boxes are computed **afterwards** from
@@ -13,57 +10,13 @@ data the uninterrupted run would have seen, whatever the number of loader worker
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from autoorgan.boxes import boxes_from_label_map, voxel_to_normalized
-
-
-@dataclass(frozen=True)
-class FitTransform:
-    """``x_input = x_case * scale + offset`` per array axis (edge coordinates, voxels)."""
-
-    scale: tuple[float, float, float]
-    offset: tuple[float, float, float]
-
-    def box_to_case(self, box: np.ndarray) -> np.ndarray:
-        """Voxel box(es) ``[..., 6]`` in the input frame -> the preprocessed case's frame."""
-        s, o = np.tile(self.scale, 2), np.tile(self.offset, 2)
-        return (np.asarray(box, np.float64) - o) / s
-
-    def box_to_input(self, box: np.ndarray) -> np.ndarray:
-        s, o = np.tile(self.scale, 2), np.tile(self.offset, 2)
-        return np.asarray(box, np.float64) * s + o
-
-
-def fit_to_input(image: torch.Tensor, labels: torch.Tensor | None, input_shape: tuple[int, ...],
-                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None, FitTransform]:
-    """``image [C, n0, n1, n2]`` float, ``labels [n0, n1, n2]`` int or None -> both at ``input_shape`` and the
-    mapping. ``rng`` given: random pad offsets (training); else centred."""
-    shape = np.asarray(image.shape[1:])
-    target = np.asarray(input_shape)
-    scale = np.minimum(1.0, target / shape)
-    if (scale < 1).any():
-        new = tuple(int(v) for v in np.minimum(target, np.round(shape * scale)))
-        image = F.interpolate(image[None], size=new, mode="trilinear", align_corners=False)[0]
-        if labels is not None:
-            labels = F.interpolate(labels[None, None].float(), size=new, mode="nearest-exact")[0, 0].to(labels.dtype)
-        scale = np.asarray(new) / shape
-    pad = target - np.asarray(image.shape[1:])
-    before = np.asarray([rng.integers(0, p + 1) for p in pad]) if rng is not None else pad // 2
-    if pad.any():
-        spec = []
-        for b, p in zip(before[::-1], pad[::-1]):
-            spec += [int(b), int(p - b)]
-        fill = image.amin(dim=(1, 2, 3))
-        image = torch.stack([F.pad(ch, spec, value=float(v)) for ch, v in zip(image, fill)])
-        if labels is not None:
-            labels = F.pad(labels, spec, value=0)
-    return image, labels, FitTransform(tuple(float(v) for v in scale), tuple(float(v) for v in before))
+from autoorgan.preprocessing.fit import fit_to_input
 
 
 def label_lookup(label_values: list[int]) -> np.ndarray:
@@ -110,7 +63,8 @@ class WholeVolumeCases:
 
     ``item(identifier, seed, augment)`` -> dict with ``image [C, *input_shape]`` float32, ``labels [*input_shape]``
     int64 class indices, ``boxes [K, 6]`` normalized boxes of the annotated organs present after augmentation,
-    ``classes [K]`` 0-based organ classes, ``annotated [M]`` bool, ``fit`` (:class:`FitTransform`) and ``case_id``.
+    ``classes [K]`` 0-based organ classes, ``annotated [M]`` bool, ``fit`` (``FitTransform``) and
+    ``case_id``.
     """
 
     def __init__(self, folder: Path, identifiers: list[str], input_shape: tuple[int, ...], label_values: list[int],

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoorgan.errors import UserError
-from autoorgan.fileio import load_json
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import load_json
 
 PLANS_NAME = "autoorganPlans"
-CONFIGURATIONS = ("organdetr", "ccq")
 
 
 def plans_file(preprocessed_dataset_folder: Path, plans_name: str = PLANS_NAME) -> Path:

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from autoorgan.errors import UserError
+from autoorgan.utils.errors import UserError
 
 ENV_VARS = {"raw": "autoorgan_raw", "preprocessed": "autoorgan_preprocessed", "results": "autoorgan_results"}
 NNUNET_VARS = {"raw": "nnUNet_raw", "preprocessed": "nnUNet_preprocessed", "results": "nnUNet_results"}
@@ -124,3 +124,12 @@ class nnunet_paths:
                 os.environ[var] = value
         self.saved.clear()
         return False
+
+
+def model_folder(dataset_name: str, trainer_name: str, plans_name: str, plans_section: str) -> Path:
+    """``$autoorgan_results/DatasetXXX_Name/<trainer>__<plans>__<plans section>`` (nnU-Net's layout). The trainer
+    name may only hold letters, digits, '_' and '-' (it becomes a folder name)."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", trainer_name or ""):
+        raise UserError(f"trainer name {trainer_name!r} may only hold letters, digits, '_' and '-' (it names the "
+                        "model folder)")
+    return results_root() / dataset_name / f"{trainer_name}__{plans_name}__{plans_section}"

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from autoorgan.boxes import boxes_from_label_map
 from autoorgan.dataset.integrity import read_and_check_case
 from autoorgan.dataset.raw import RawCase, annotated_labels, foreground_labels
-from autoorgan.errors import DatasetIntegrityError
+from autoorgan.utils.errors import DatasetIntegrityError
 
 CT_BODY_THRESHOLD_HU = -500.0
 TOTAL_INTENSITY_SAMPLES = 2_000_000  # over the whole dataset, split evenly between cases

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoorgan.errors import UserError
-from autoorgan.fileio import load_json, write_json_atomic
+from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import load_json, write_json_atomic
 
 SPLITS_NAME = "splits_final.json"
 

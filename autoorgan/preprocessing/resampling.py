@@ -29,8 +29,7 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], current_spacing: 
                    new_spacing: Sequence[float], fn_name: str, fn_kwargs: dict, fn) -> np.ndarray:
     """``data [C, n0, n1, n2]`` -> ``[C, *new_shape]`` float32, as the plans' data resampling function ``fn``
     (``fn_name`` / ``fn_kwargs`` from the plans) would compute it."""
-    from nnunetv2.preprocessing.resampling.default_resampling import (determine_do_sep_z_and_axis,
-                                                                     resample_data_or_seg)
+    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis, resample_data_or_seg
     new_shape = [int(s) for s in new_shape]
     if fn_name != "resample_data_or_seg_to_shape" or list(data.shape[1:]) == new_shape or \
             any(n > o for n, o in zip(new_shape, data.shape[1:])):

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from autoorgan.boxes import boxes_from_label_map
 from autoorgan.dataset.raw import RawCase, annotated_labels, foreground_labels
-from autoorgan.fileio import load_json, to_jsonable, write_json_atomic
-from autoorgan.fingerprint import body_mask, is_ct_channel, mask_bbox
+from autoorgan.planning.fingerprint import body_mask, is_ct_channel, mask_bbox
+from autoorgan.utils.fileio import atomic_output, load_json, to_jsonable, write_json_atomic
 
 STAMP_NAME = "autoorgan_preprocessing.json"
 
@@ -65,7 +65,7 @@ def _preprocess(data, seg, properties, pm, cm, dataset_json: Mapping, case_id: s
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    from autoorgan.resampling import resample_image
+    from autoorgan.preprocessing.resampling import resample_image
 
     tf = pm.transpose_forward
     data = data.astype(np.float32, copy=not inference).transpose([0, *[i + 1 for i in tf]])
@@ -118,7 +118,7 @@ def case_done(out_dir: Path, case_id: str) -> bool:
 def preprocess_case_to_disk(case: RawCase, plans: dict, configuration: str, dataset_json: Mapping,
                             out_dir: Path) -> str:
     """Read, preprocess and store one case atomically. Returns the case id."""
-    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, comp_blosc2_params
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
     pm, cm = _managers(plans, configuration)
     rw = pm.image_reader_writer_class()
     data, props = rw.read_images([str(p) for p in case.images])
@@ -179,4 +179,23 @@ def preprocess(cases: Mapping[str, RawCase], plans: dict, configuration: str, da
             for _ in pool.map(_job, jobs, chunksize=1):
                 bar.update()
     bar.close()
+    copy_reference_label_maps(cases, dataset_json, preprocessed_dataset_folder)
     return out_dir
+
+
+def copy_reference_label_maps(cases: Mapping[str, RawCase], dataset_json: Mapping,
+                              preprocessed_dataset_folder: Path) -> Path:
+    """The raw label maps, copied to ``gt_segmentations/CASE<file_ending>`` (nnU-Net's folder): what validation
+    scores against, in the original image frame. A copy is refreshed when the raw file changed size or time."""
+    gt = Path(preprocessed_dataset_folder) / "gt_segmentations"
+    gt.mkdir(parents=True, exist_ok=True)
+    for cid, case in cases.items():
+        if case.label is None:
+            continue
+        dst = gt / f"{cid}{dataset_json['file_ending']}"
+        src = Path(case.label).stat()
+        if dst.is_file() and dst.stat().st_size == src.st_size and dst.stat().st_mtime_ns == src.st_mtime_ns:
+            continue
+        with atomic_output(dst) as tmp:
+            shutil.copy2(case.label, tmp)
+    return gt

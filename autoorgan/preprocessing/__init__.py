@@ -1,0 +1,1 @@
+"""Preprocessing: transpose, body crop, normalization and resampling of cases; fitting a case to a fixed input."""

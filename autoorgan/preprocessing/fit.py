@@ -1,0 +1,40 @@
+"""Bringing a preprocessed organdetr case to the network's fixed input shape, the same way in training and at
+inference: an axis longer than the input is scaled down to fit (trilinear image, nearest labels), a shorter one is
+padded with the case's minimum intensity (centred at inference, at a random offset in training). The returned
+:class:`~autoorgan.boxes.frames.FitTransform` maps boxes between the two frames.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoorgan.boxes.frames import FitTransform
+
+
+def fit_to_input(image: torch.Tensor, labels: torch.Tensor | None, input_shape: tuple[int, ...],
+                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None, FitTransform]:
+    """``image [C, n0, n1, n2]`` float, ``labels [n0, n1, n2]`` int or None -> both at ``input_shape`` and the
+    mapping. ``rng`` given: random pad offsets (training); else centred."""
+    shape = np.asarray(image.shape[1:])
+    target = np.asarray(input_shape)
+    scale = np.minimum(1.0, target / shape)
+    if (scale < 1).any():
+        new = tuple(int(v) for v in np.minimum(target, np.round(shape * scale)))
+        image = F.interpolate(image[None], size=new, mode="trilinear", align_corners=False)[0]
+        if labels is not None:
+            labels = F.interpolate(labels[None, None].float(), size=new, mode="nearest-exact")[0, 0].to(labels.dtype)
+        scale = np.asarray(new) / shape
+    pad = target - np.asarray(image.shape[1:])
+    before = np.asarray([rng.integers(0, p + 1) for p in pad]) if rng is not None else pad // 2
+    if pad.any():
+        spec = []
+        for b, p in zip(before[::-1], pad[::-1]):
+            spec += [int(b), int(p - b)]
+        fill = image.amin(dim=(1, 2, 3))
+        image = torch.stack([F.pad(ch, spec, value=float(v)) for ch, v in zip(image, fill)])
+        if labels is not None:
+            labels = F.pad(labels, spec, value=0)
+    return image, labels, FitTransform(tuple(float(v) for v in scale), tuple(float(v) for v in before))
+
+

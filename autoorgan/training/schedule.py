@@ -1,0 +1,45 @@
+"""What a training run iterates over and how fast it learns: the batch sampler over a run's global sample indices
+(exact resume and DDP shares) and the learning-rate factor per iteration (linear warm-up, then cosine or poly)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class EpochBatches:
+    """Batch sampler over global sample indices: epoch ``e``, iteration ``i`` uses samples
+    ``(e * iters + i) * batch + [0, batch)``, of which this rank takes its contiguous share."""
+
+    def __init__(self, iters: int, batch: int, rank: int = 0, world: int = 1):
+        self.iters, self.batch, self.rank, self.local = iters, batch, rank, batch // world
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.iters
+
+    def __iter__(self):
+        for i in range(self.iters):
+            first = (self.epoch * self.iters + i) * self.batch + self.rank * self.local
+            yield list(range(first, first + self.local))
+
+
+def lr_factor(it: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` iterations, then cosine decay to 0 at ``total`` (``schedule="poly"``:
+    nnU-Net's ``(1 - progress) ** 0.9``)."""
+    if warmup > 0 and it < warmup:
+        return (it + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (it - warmup) / span)
+    if schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_loader(stream: torch.utils.data.Dataset, sampler: EpochBatches, workers: int, collate_fn
+                ) -> torch.utils.data.DataLoader:
+    """The run's loader: ``workers`` spawned processes that live for the whole run (0: load in this process)."""
+    return torch.utils.data.DataLoader(stream, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                                       persistent_workers=workers > 0,
+                                       multiprocessing_context="spawn" if workers > 0 else None,
+                                       prefetch_factor=2 if workers else None)
