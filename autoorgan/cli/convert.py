@@ -7,21 +7,24 @@ from autoorgan.utils.errors import cli_entry
 from autoorgan.utils.paths import raw_root
 
 
-@cli_entry
-def main_msd(argv: list[str] | None = None) -> None:
+def build_parser_msd() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert a Medical Segmentation Decathlon task folder (TaskXX_Name) "
                                             "into nnU-Net v2's raw layout under $autoorgan_raw (uses nnunetv2's "
                                             "converter; 4D images are split into _XXXX channel files).")
     p.add_argument("-i", required=True, help="the MSD task folder, e.g. Task04_Hippocampus")
     p.add_argument("-d", type=int, default=None, help="dataset id (default: the task number)")
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main_msd(argv: list[str] | None = None) -> None:
+    args = build_parser_msd().parse_args(argv)
     from autoorgan.dataset.convert import convert_msd
     print(f"converted to {convert_msd(args.i, raw_root(), args.d, args.np)}")
 
 
-@cli_entry
-def main_contoured(argv: list[str] | None = None) -> None:
+def build_parser_contoured() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Record which organs were annotated in which case (partial "
                                             "annotation) from a {\"contoured\": {case: [organ, ...]}} file, as "
                                             "dataset.json's 'annotated_labels' key. A dataset outside "
@@ -29,7 +32,12 @@ def main_contoured(argv: list[str] | None = None) -> None:
     p.add_argument("-i", required=True, help="dataset folder, e.g. ../shared/data/Dataset501_OpenKBP")
     p.add_argument("-j", default=None, help="the per-case organ list (default: contoured.json in the dataset)")
     p.add_argument("-d", type=int, default=None, help="dataset id of the linked copy (default: the source's)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main_contoured(argv: list[str] | None = None) -> None:
+    args = build_parser_contoured().parse_args(argv)
     from autoorgan.dataset.convert import add_contoured_labels
     print(f"annotated_labels written for {add_contoured_labels(args.i, raw_root(), args.j, args.d)}")
 

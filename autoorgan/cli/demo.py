@@ -9,8 +9,7 @@ from autoorgan.utils.errors import cli_entry
 from autoorgan.utils.paths import preprocessed_root, raw_root, results_root
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Run the whole pipeline on a synthetic phantom dataset: make it (if "
                                             "absent), fingerprint, plan and preprocess it, then train Organ-DETR "
                                             "(fold 0) for a few minutes, predict the held-out scans and evaluate them. "
@@ -21,7 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, a few minutes on 2 cores)")
     p.add_argument("--iters_per_epoch", type=int, default=25, help="iterations per epoch (default 25)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from autoorgan.cli import plan_and_preprocess as pp
     from autoorgan.dataset.phantom import write_phantom_dataset
     exists = raw_root().is_dir() and any(raw_root().glob(f"Dataset{args.d:03d}_*"))

@@ -7,22 +7,26 @@ from pathlib import Path
 from autoorgan.utils.errors import UserError, cli_entry
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Evaluate predictions against references. Boxes (CASE_boxes.json): COCO-style 3D mAP over IoU "
                     ".50:.05:.95 (101-point), mAR, AP at .1/.5/.75, nnDetection's mAP .10:.50, per-organ AP and "
                     "centre distance in mm, one detection per organ per case. Masks (label maps): Dice and HD95 in mm "
                     "per organ. Organs a case does not annotate (partial annotation in dataset.json) are left out.",
         epilog="References are label maps CASE<file_ending> (e.g. labelsTs) or CASE_boxes.json files. "
-               "See docs/evaluation.md.")
+               "See docs/prediction.md (autoorgan_evaluate).")
     p.add_argument("-ref", required=True, help="reference folder (label maps or CASE_boxes.json)")
     p.add_argument("-pred", required=True, help="prediction folder (autoorgan_predict output, or label maps)")
     p.add_argument("-d", required=True, metavar="DATASET",
                    help="dataset id or name (its dataset.json gives labels, file ending and annotated organs)")
     p.add_argument("-o", default=None, help="summary JSON (default PRED/summary.json)")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from autoorgan.evaluation.folders import evaluate_folders, format_table
     from autoorgan.utils.fileio import load_json, write_json_atomic
     from autoorgan.utils.paths import find_dataset_name, preprocessed_root, raw_root

@@ -6,8 +6,7 @@ import argparse
 from autoorgan.utils.errors import UserError, cli_entry
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Merge raw datasets (each labelling some organs) into one partially annotated dataset for "
                     "autoorgan_train ... ccq. Images are not copied (dataset.json's 'dataset' key points at them); "
@@ -16,7 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-d", nargs="+", required=True, metavar="ID", help="source dataset ids or names (two or more)")
     p.add_argument("-o", required=True, metavar="ID", help="id of the merged dataset, e.g. 910")
     p.add_argument("--name", default="Merged", help="name of the merged dataset (default Merged)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from autoorgan.dataset.merge import merge_datasets
     from autoorgan.utils.paths import dataset_folder_name, find_dataset_name, parse_dataset_id, raw_root
     if len(args.d) < 2:

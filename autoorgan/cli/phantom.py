@@ -7,8 +7,7 @@ from autoorgan.utils.errors import cli_entry
 from autoorgan.utils.paths import raw_root
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Write a synthetic CT-like abdominal phantom dataset (7 organs, varied geometry, some "
                     "non-identity directions and missing organs) in nnU-Net's raw layout under $autoorgan_raw. "
@@ -25,7 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default=None, help="dataset name (default Phantom or PhantomPartial)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from autoorgan.dataset.phantom import write_phantom_dataset
     folder = write_phantom_dataset(raw_root(), args.d, args.cases, args.test_cases, args.partial, args.seed,
                                    args.spacing_scale, args.name, args.overwrite, progress=not args.quiet)

@@ -54,7 +54,8 @@ def build_parser(kind: str = "all") -> argparse.ArgumentParser:
         p.add_argument("--lambda", dest="lambda_match", type=float, default=None,
                        help="DQM matching ratio; eta = ceil(lambda*rho) must be in [1, 5] (default 0.2, adjusted)")
     if kind in ("all", "fingerprint", "preprocess"):
-        p.add_argument("-np", type=int, default=_default_np(), help=f"worker processes (default {_default_np()})")
+        p.add_argument("-np", type=int, default=_default_np(),
+                       help="worker processes (default: the number of CPU cores, at most 8)")
     if kind == "all":
         p.add_argument("--no_pp", action="store_true", help="stop after planning (no preprocessing)")
     if kind in ("all", "fingerprint"):

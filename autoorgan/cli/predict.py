@@ -55,16 +55,21 @@ def _run(args, model_folder) -> None:
         sys.exit(1)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    p = _parser("Predict organ boxes (organdetr) for a folder of scans with a model trained by autoorgan_train.")
+def build_parser() -> argparse.ArgumentParser:
+    p = _parser("Predict organ boxes (organdetr) or label maps (ccq, dodnet) for a folder of scans with a model trained "
+                "by autoorgan_train.")
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name the model was trained on")
     p.add_argument("-c", default="organdetr", metavar="CONFIG",
                    help="organdetr (boxes, default), ccq or dodnet (label maps CASE<file_ending>)")
     p.add_argument("-tr", default=None, metavar="TRAINER",
                    help="trainer folder name (default: the configuration's trainer, e.g. OrganDETRTrainer)")
     p.add_argument("-p", default=None, metavar="PLANS", help="plans name (default autoorganPlans)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from autoorgan.configurations import get_configuration
     from autoorgan.planning.plans import PLANS_NAME
     from autoorgan.utils.paths import find_dataset_name, model_folder, results_root
@@ -84,12 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     _run(args, folder)
 
 
+def build_parser_from_modelfolder() -> argparse.ArgumentParser:
+    p = _parser("Predict with the model in a given model folder (the folder holding plans.json, dataset.json and "
+                "fold_F/).")
+    p.add_argument("-m", required=True, metavar="MODEL_DIR", help="model folder")
+    return p
+
+
 @cli_entry
 def main_from_modelfolder(argv: list[str] | None = None) -> None:
-    p = _parser("Predict organ boxes with the model in a given model folder (the folder holding plans.json, "
-                "dataset.json and fold_F/).")
-    p.add_argument("-m", required=True, metavar="MODEL_DIR", help="model folder")
-    args = p.parse_args(argv)
+    args = build_parser_from_modelfolder().parse_args(argv)
     _run(args, args.m)
 
 

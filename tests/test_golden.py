@@ -1,0 +1,140 @@
+"""Golden outputs: fixed-seed tiny networks predict a phantom scan through ``autoorgan_predict``, and the boxes
+(``CASE_boxes.json``) and the label map must match stored expectations (small JSON under ``tests/golden/``).
+
+This catches any unintended change of the whole prediction path (reading, preprocessing, resampling, the networks,
+top-1 selection, mapping back, export) that the unit tests do not pin down. The networks are built from a seed and
+random box-head weights (the planned zero init would make the boxes independent of the image). Tolerances cover
+floating-point differences between machines and PyTorch versions, not behaviour changes.
+
+After an intended change: ``AUTOORGAN_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` rewrites the expectations; say
+why in the commit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_cli
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("AUTOORGAN_UPDATE_GOLDEN") == "1"
+DATASET = "Dataset900_Phantom"
+BOX_ATOL = 0.02        # voxels of the original image
+COUNT_RTOL = 0.005     # label map: voxels per organ
+CENTROID_ATOL = 0.1    # voxels
+
+
+@pytest.fixture(scope="module")
+def golden_roots(tmp_path_factory, phantom_template):
+    roots = {k: tmp_path_factory.mktemp("golden") / k for k in ("raw", "preprocessed", "results")}
+    shutil.copytree(phantom_template, roots["raw"] / DATASET)
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-c", "organdetr", "ccq", "-device", "cpu",
+                  "--no_pp", "-np", "1", "--quiet", env_roots=roots)
+    assert res.returncode == 0, res.stderr
+    return roots
+
+
+def _model_folder(roots, trainer: str, section: str, shrink, build) -> Path:
+    plans = json.loads((roots["preprocessed"] / DATASET / "autoorganPlans.json").read_text())
+    shrink(plans["configurations"][section])
+    folder = roots["results"] / DATASET / f"{trainer}__autoorganPlans__{section}"
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    shutil.copy(roots["raw"] / DATASET / "dataset.json", folder / "dataset.json")
+    torch.manual_seed(0)
+    net = build(plans["configurations"][section])
+    torch.save({"network": net.state_dict()}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def _shrink_organdetr(cfg):
+    cfg["architecture"]["arch_kwargs"].update(backbone_widths=[8, 16, 32, 64, 64], hidden_dim=32, num_heads=4,
+                                              decoder_layers=2, msa_depth=1, msa_dropout=0.0)
+
+
+def _organdetr(cfg):
+    from autoorgan.networks.organdetr import OrganDETR
+    net = OrganDETR.from_plans(cfg, 1, 7)
+    with torch.no_grad():
+        for box_head in net.decoder.box_heads:     # image-dependent boxes (the planned zero init makes them fixed)
+            torch.nn.init.normal_(box_head.layers[-1].weight, std=0.05)
+    return net
+
+
+def _shrink_ccq(cfg):
+    cfg["patch_size"] = [32, 32, 32]
+    cfg["architecture"]["arch_kwargs"].update(
+        n_stages=4, features_per_stage=[8, 16, 32, 32], kernel_sizes=[[3, 3, 3]] * 4,
+        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1, 1],
+        n_conv_per_stage_decoder=[1, 1, 1])
+    cfg["ccq"].update(num_class_queries=8, hidden_dim=32, num_heads=4)
+
+
+def _ccq(cfg):
+    from autoorgan.networks.ccq import CCQ
+    return CCQ.from_plans(cfg, 1, 7)
+
+
+def _predict(roots, tmp_path, config: str, trainer: str) -> Path:
+    out = tmp_path / f"pred_{config}"
+    res = run_cli("autoorgan_predict", "-i", str(roots["raw"] / DATASET / "imagesTs"), "-o", str(out), "-d", "900",
+                  "-c", config, "-tr", trainer, "-f", "0", "-device", "cpu", "--quiet", env_roots=roots)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def _compare(name: str, got: dict, check) -> None:
+    path = GOLDEN / name
+    if UPDATE or not path.is_file():
+        if not UPDATE:
+            pytest.fail(f"{path} is missing; create it with AUTOORGAN_UPDATE_GOLDEN=1")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1) + "\n")
+        return
+    check(json.loads(path.read_text()), got)
+
+
+def test_golden_boxes(golden_roots, tmp_path):
+    _model_folder(golden_roots, "Golden", "organdetr", _shrink_organdetr, _organdetr)
+    out = _predict(golden_roots, tmp_path, "organdetr", "Golden")
+    record = json.loads(next(out.glob("*_boxes.json")).read_text())
+    got = {"case": record["case_id"], "shape": record["geometry"]["shape_array_order"],
+           "organs": {o["name"]: {"box_voxel": o["box_voxel"], "score": o["score"]} for o in record["organs"]}}
+
+    def check(want, got):
+        assert got["case"] == want["case"] and got["shape"] == want["shape"]
+        assert set(got["organs"]) == set(want["organs"])
+        for name, w in want["organs"].items():
+            g = got["organs"][name]
+            np.testing.assert_allclose(g["box_voxel"], w["box_voxel"], atol=BOX_ATOL, err_msg=name)
+            assert g["score"] == pytest.approx(w["score"], abs=1e-4), name
+    _compare("organdetr_boxes.json", got, check)
+
+
+def test_golden_label_map(golden_roots, tmp_path):
+    _model_folder(golden_roots, "Golden", "ccq", _shrink_ccq, _ccq)
+    out = _predict(golden_roots, tmp_path, "ccq", "Golden")
+    path = next(out.glob("*.nii.gz"))
+    image = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(image)
+    got = {"case": path.name, "shape": list(arr.shape), "spacing_itk": list(image.GetSpacing()),
+           "labels": {str(v): {"voxels": int((arr == v).sum()),
+                               "centroid": np.argwhere(arr == v).mean(0).round(3).tolist()}
+                      for v in np.unique(arr) if v}}
+
+    def check(want, got):
+        assert got["case"] == want["case"] and got["shape"] == want["shape"]
+        np.testing.assert_allclose(got["spacing_itk"], want["spacing_itk"], rtol=1e-6)
+        assert set(got["labels"]) == set(want["labels"])
+        for v, w in want["labels"].items():
+            g = got["labels"][v]
+            assert abs(g["voxels"] - w["voxels"]) <= max(2, COUNT_RTOL * w["voxels"]), (v, g, w)
+            np.testing.assert_allclose(g["centroid"], w["centroid"], atol=CENTROID_ATOL, err_msg=v)
+    _compare("ccq_label_map.json", got, check)
