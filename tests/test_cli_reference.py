@@ -14,7 +14,7 @@ def test_every_console_script_is_in_the_reference():
 
 
 def test_docs_cli_md_is_current_and_names_every_option():
-    from autoorgan.cli.reference import BEGIN, END, COMMANDS, parser_of, render
+    from autoorgan.cli.reference import BEGIN, COMMANDS, END, parser_of, render
     doc = (ROOT / "docs" / "cli.md").read_text()
     generated = doc[doc.index(BEGIN):doc.index(END) + len(END)] + "\n"
     assert generated == render(), "docs/cli.md is out of date: python -m autoorgan.cli.reference --write docs/cli.md"

@@ -12,12 +12,6 @@ def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([c - s / 2, c + s / 2], dim=-1)
 
 
-def corners_to_center(boxes: torch.Tensor) -> torch.Tensor:
-    """``[..., 6]`` lo/hi -> ``[..., 6]`` centre/size (same units)."""
-    lo, hi = boxes[..., :3], boxes[..., 3:]
-    return torch.cat([(lo + hi) / 2, hi - lo], dim=-1)
-
-
 def box_volume(boxes: torch.Tensor) -> torch.Tensor:
     """Volume of lo/hi boxes ``[..., 6]`` -> ``[...]`` (negative extents count as 0)."""
     return (boxes[..., 3:] - boxes[..., :3]).clamp(min=0).prod(-1)

@@ -56,8 +56,8 @@ def _run(args, model_folder) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _parser("Predict organ boxes (organdetr) or label maps (ccq, dodnet) for a folder of scans with a model trained "
-                "by autoorgan_train.")
+    p = _parser("Predict organ boxes (organdetr) or label maps (ccq, dodnet) for a folder of scans with a model "
+                "trained by autoorgan_train.")
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name the model was trained on")
     p.add_argument("-c", default="organdetr", metavar="CONFIG",
                    help="organdetr (boxes, default), ccq or dodnet (label maps CASE<file_ending>)")

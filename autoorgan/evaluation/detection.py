@@ -13,7 +13,7 @@ Reported: ``mAP`` (IoU 0.50:0.05:0.95), ``mAR`` (same thresholds), ``AP10``, ``A
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +33,6 @@ class CaseDetections:
     predicted: dict[int, tuple[np.ndarray, float]]
     annotated: set[int] | None = None
     case_id: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def average_precision(scores: np.ndarray, is_tp: np.ndarray, num_reference: int) -> tuple[float, float]:

@@ -4,7 +4,7 @@
 positions come from nnunetv2's ``compute_steps_for_sliding_window`` (step = ``step_size`` x patch), each tile's
 output is weighted by nnunetv2's ``compute_gaussian`` (sigma = patch / 8) and the weighted sum is divided by the
 summed weights; images smaller than the patch are padded (``acvl_utils`` ``pad_nd_image``) and cropped back.
-Accumulation runs on ``device`` when ``accumulate_on_device`` and fits, else on the CPU.
+Accumulation runs on ``device``.
 """
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import torch
 @torch.no_grad()
 def sliding_window_probs(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int],
                          device: torch.device, num_classes: int, step_size: float = 0.5,
-                         classes: torch.Tensor | None = None, accumulate_on_device: bool = True) -> torch.Tensor:
+                         classes: torch.Tensor | None = None) -> torch.Tensor:
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))
     x, slicer = pad_nd_image(x, list(patch_size), "constant", {"value": 0}, True, None)
     shape = x.shape[1:]
-    acc_dev = device if accumulate_on_device else torch.device("cpu")
+    acc_dev = device
     k = num_classes if classes is None else int(classes.numel())
     acc = torch.zeros((k, *shape), dtype=torch.float32, device=acc_dev)
     weight = torch.zeros(tuple(shape), dtype=torch.float32, device=acc_dev)

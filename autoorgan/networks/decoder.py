@@ -7,7 +7,7 @@ samples ``P`` points per level at ``centre + offset / P * size / 2`` around the 
 Deformable DETR). With box refinement each layer's box head predicts a correction of the reference box in
 inverse-sigmoid space, and the corrected (detached) box is the next layer's reference.
 
-``forward(memory, query_embed)`` returns per layer ``hs [B, N, C]`` and ``boxes [B, N, 6]``.
+``forward(values)`` (per level ``[B, C, ...]``) returns per layer ``hs [B, N, C]`` and ``boxes [B, N, 6]``.
 """
 from __future__ import annotations
 
