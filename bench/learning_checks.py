@@ -58,7 +58,7 @@ def _patch(variant: str) -> None:
 
 def _run(check, roots, seed, threads, variant):
     import learning_checks as lc
-    tag = f"{variant or 'intact'}_s{seed}_t{threads}"
+    tag = f"{check.name}_{variant or 'intact'}_s{seed}_t{threads}"
     prefix = [sys.executable, str(Path(__file__).resolve()), "_train", variant] if variant else None
     t0 = time.time()
     res, metrics = lc.train(check, roots, tag, seed=seed, threads=threads, prefix=prefix)

@@ -68,3 +68,24 @@ def edit_json(path: Path, fn) -> None:
     data = json.loads(Path(path).read_text())
     fn(data)
     Path(path).write_text(json.dumps(data))
+
+
+def tiny_model_folder(roots: dict, dataset: str, trainer: str, section: str, shrink=None, build=None) -> Path:
+    """A model folder ``<trainer>__autoorganPlans__<section>`` with fold 0 holding a fixed-seed (untrained) network
+    built from the preprocessed plans of ``dataset`` (``shrink(cfg)`` edits the configuration first; ``build(cfg)``
+    returns the network, default: the registry's network of the section)."""
+    import torch
+
+    from autoorgan.inference.predictor import build_network
+    plans = json.loads((roots["preprocessed"] / dataset / "autoorganPlans.json").read_text())
+    if shrink is not None:
+        shrink(plans["configurations"][section])
+    folder = roots["results"] / dataset / f"{trainer}__autoorganPlans__{section}"
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    dataset_json = json.loads((roots["raw"] / dataset / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    torch.manual_seed(0)
+    net = build(plans["configurations"][section]) if build else build_network(plans, section, dataset_json)
+    torch.save({"network": net.state_dict()}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder

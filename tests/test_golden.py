@@ -21,7 +21,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, tiny_model_folder
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("AUTOORGAN_UPDATE_GOLDEN") == "1"
@@ -39,19 +39,6 @@ def golden_roots(tmp_path_factory, phantom_template):
                   "--no_pp", "-np", "1", "--quiet", env_roots=roots)
     assert res.returncode == 0, res.stderr
     return roots
-
-
-def _model_folder(roots, trainer: str, section: str, shrink, build) -> Path:
-    plans = json.loads((roots["preprocessed"] / DATASET / "autoorganPlans.json").read_text())
-    shrink(plans["configurations"][section])
-    folder = roots["results"] / DATASET / f"{trainer}__autoorganPlans__{section}"
-    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
-    (folder / "plans.json").write_text(json.dumps(plans))
-    shutil.copy(roots["raw"] / DATASET / "dataset.json", folder / "dataset.json")
-    torch.manual_seed(0)
-    net = build(plans["configurations"][section])
-    torch.save({"network": net.state_dict()}, folder / "fold_0" / "checkpoint_final.pth")
-    return folder
 
 
 def _shrink_organdetr(cfg):
@@ -102,7 +89,7 @@ def _compare(name: str, got: dict, check) -> None:
 
 
 def test_golden_boxes(golden_roots, tmp_path):
-    _model_folder(golden_roots, "Golden", "organdetr", _shrink_organdetr, _organdetr)
+    tiny_model_folder(golden_roots, DATASET, "Golden", "organdetr", _shrink_organdetr, _organdetr)
     out = _predict(golden_roots, tmp_path, "organdetr", "Golden")
     record = json.loads(next(out.glob("*_boxes.json")).read_text())
     got = {"case": record["case_id"], "shape": record["geometry"]["shape_array_order"],
@@ -119,7 +106,7 @@ def test_golden_boxes(golden_roots, tmp_path):
 
 
 def test_golden_label_map(golden_roots, tmp_path):
-    _model_folder(golden_roots, "Golden", "ccq", _shrink_ccq, _ccq)
+    tiny_model_folder(golden_roots, DATASET, "Golden", "ccq", _shrink_ccq, _ccq)
     out = _predict(golden_roots, tmp_path, "ccq", "Golden")
     path = next(out.glob("*.nii.gz"))
     image = sitk.ReadImage(str(path))

@@ -166,6 +166,11 @@ def test_preprocessed_boxes_map_back_to_the_raw_label_boxes(trained_roots):
             tol = np.tile(spacing[plans["transpose_backward"]] / np.asarray(img.GetSpacing())[::-1], 2) + 1
             assert (np.abs(back - raw_boxes[label]) <= tol).all(), (pkl.stem, label, back, raw_boxes[label])
             checked += 1
+        # the exact (continuous) targets map back to the raw boxes exactly, whatever the resampling did
+        assert set(props["autoorgan"]["boxes_exact"]) == set(raw_boxes)
+        for label, box in props["autoorgan"]["boxes_exact"].items():
+            back = preprocessed_to_original(np.asarray(box, float), props, shape, plans["transpose_backward"])
+            np.testing.assert_allclose(back, raw_boxes[label], atol=2e-3, err_msg=f"{pkl.stem} {label}")
     assert checked >= 30
 
 

@@ -258,7 +258,8 @@ class TrainerBase:
             self.optimizer.zero_grad(set_to_none=True)
             loss, parts = self.compute_loss(batch)
             if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {float(loss)} at epoch {e}; lower the learning rate (--lr)")
+                raise UserError(f"training diverged: the loss is {float(loss.detach())} in epoch {e + 1}; lower the "
+                                f"learning rate (--lr) and start again (delete {self.output_folder} or use -tr)")
             loss.backward()
             clip = self.default_grad_clip if self.opt.grad_clip is None else self.opt.grad_clip
             if clip > 0:

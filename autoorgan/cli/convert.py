@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-from autoorgan.utils.errors import cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, cli_entry, positive_int
 from autoorgan.utils.paths import raw_root
 
 
 def build_parser_msd() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Convert a Medical Segmentation Decathlon task folder (TaskXX_Name) "
+    p = OneLineArgumentParser(description="Convert a Medical Segmentation Decathlon task folder (TaskXX_Name) "
                                             "into nnU-Net v2's raw layout under $autoorgan_raw (uses nnunetv2's "
                                             "converter; 4D images are split into _XXXX channel files).")
     p.add_argument("-i", required=True, help="the MSD task folder, e.g. Task04_Hippocampus")
     p.add_argument("-d", type=int, default=None, help="dataset id (default: the task number)")
-    p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("-np", type=positive_int, default=2, help="worker processes (default 2)")
     return p
 
 
@@ -25,7 +25,7 @@ def main_msd(argv: list[str] | None = None) -> None:
 
 
 def build_parser_contoured() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Record which organs were annotated in which case (partial "
+    p = OneLineArgumentParser(description="Record which organs were annotated in which case (partial "
                                             "annotation) from a {\"contoured\": {case: [organ, ...]}} file, as "
                                             "dataset.json's 'annotated_labels' key. A dataset outside "
                                             "$autoorgan_raw is linked into it (images are not copied).")

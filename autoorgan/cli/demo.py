@@ -5,21 +5,22 @@ import argparse
 import json
 import sys
 
-from autoorgan.utils.errors import cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, cli_entry, positive_int
 from autoorgan.utils.paths import preprocessed_root, raw_root, results_root
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Run the whole pipeline on a synthetic phantom dataset: make it (if "
+    p = OneLineArgumentParser(description="Run the whole pipeline on a synthetic phantom dataset: make it (if "
                                             "absent), fingerprint, plan and preprocess it, then train Organ-DETR "
                                             "(fold 0) for a few minutes, predict the held-out scans and evaluate them. "
                                             "Rerunning reuses what exists and continues "
                                             "an interrupted training.")
     p.add_argument("-d", type=int, default=900, help="dataset id of the phantom (default 900)")
-    p.add_argument("--cases", type=int, default=40, help="training cases of a new phantom (default 40)")
-    p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, a few minutes on 2 cores)")
-    p.add_argument("--iters_per_epoch", type=int, default=25, help="iterations per epoch (default 25)")
+    p.add_argument("--cases", type=positive_int, default=40, help="training cases of a new phantom (default 40)")
+    p.add_argument("-np", type=positive_int, default=2, help="worker processes (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=20,
+                   help="training epochs (default 20, a few minutes on 2 cores)")
+    p.add_argument("--iters_per_epoch", type=positive_int, default=25, help="iterations per epoch (default 25)")
     return p
 
 

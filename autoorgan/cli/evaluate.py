@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, UserError, cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         description="Evaluate predictions against references. Boxes (CASE_boxes.json): COCO-style 3D mAP over IoU "
                     ".50:.05:.95 (101-point), mAR, AP at .1/.5/.75, nnDetection's mAP .10:.50, per-organ AP and "
                     "centre distance in mm, one detection per organ per case. Masks (label maps): Dice and HD95 in mm "

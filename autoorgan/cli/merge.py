@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, UserError, cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         description="Merge raw datasets (each labelling some organs) into one partially annotated dataset for "
                     "autoorgan_train ... ccq. Images are not copied (dataset.json's 'dataset' key points at them); "
                     "organs are matched by label name; label maps whose values change are rewritten.",

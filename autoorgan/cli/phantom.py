@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-from autoorgan.utils.errors import cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, cli_entry, positive_int
 from autoorgan.utils.paths import raw_root
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         description="Write a synthetic CT-like abdominal phantom dataset (7 organs, varied geometry, some "
                     "non-identity directions and missing organs) in nnU-Net's raw layout under $autoorgan_raw. "
                     "Deterministic per --seed.")
     p.add_argument("-d", type=int, default=900, help="dataset id (default 900)")
-    p.add_argument("--cases", type=int, default=40, help="training cases (default 40)")
+    p.add_argument("--cases", type=positive_int, default=40, help="training cases (default 40)")
     p.add_argument("--test_cases", type=int, default=8, help="held-out cases in imagesTs/labelsTs (default 8)")
     p.add_argument("--partial", action="store_true",
                    help="split the training cases into 3 member datasets that each annotate a different subset "

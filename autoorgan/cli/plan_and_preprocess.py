@@ -8,7 +8,7 @@ import sys
 
 from autoorgan.configurations import CONFIGURATIONS, PLANS_SECTIONS
 from autoorgan.planning.plans import PLANS_NAME
-from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, UserError, cli_entry, positive_int
 from autoorgan.utils.paths import find_dataset_name, preprocessed_root, raw_root
 
 FINGERPRINT_NAME = "dataset_fingerprint.json"
@@ -27,7 +27,7 @@ def build_parser(kind: str = "all") -> argparse.ArgumentParser:
         "plan": "Write the plans (autoorganPlans.json) from an existing fingerprint.",
         "preprocess": "Preprocess the training cases with existing plans (resumes unfinished cases).",
     }[kind]
-    p = argparse.ArgumentParser(description=desc, epilog="Folders: $autoorgan_raw (input), $autoorgan_preprocessed "
+    p = OneLineArgumentParser(description=desc, epilog="Folders: $autoorgan_raw (input), $autoorgan_preprocessed "
                                 "(output); defaults under ~/autoorgan_data when unset. See docs/cli.md.")
     p.add_argument("-d", nargs="+", required=True, metavar="ID", help="dataset id(s), e.g. 3 or Dataset003_Liver")
     if kind in ("all", "fingerprint"):
@@ -54,7 +54,7 @@ def build_parser(kind: str = "all") -> argparse.ArgumentParser:
         p.add_argument("--lambda", dest="lambda_match", type=float, default=None,
                        help="DQM matching ratio; eta = ceil(lambda*rho) must be in [1, 5] (default 0.2, adjusted)")
     if kind in ("all", "fingerprint", "preprocess"):
-        p.add_argument("-np", type=int, default=_default_np(),
+        p.add_argument("-np", type=positive_int, default=_default_np(),
                        help="worker processes (default: the number of CPU cores, at most 8)")
     if kind == "all":
         p.add_argument("--no_pp", action="store_true", help="stop after planning (no preprocessing)")
@@ -92,11 +92,15 @@ def run_fingerprint(dataset: str, args) -> tuple[str, dict]:
         shutil.rmtree(out)
     fp_file = out / FINGERPRINT_NAME
     if fp_file.is_file():
+        from autoorgan.planning.fingerprint import file_stats
         fp = load_json(fp_file)
         same_cases = sorted(fp.get("autoorgan", {}).get("cases", {})) == sorted(cases)
-        if same_cases and not args.verify_dataset_integrity:
+        same_files = fp.get("autoorgan", {}).get("file_stats") == file_stats(cases)
+        if same_cases and same_files and not args.verify_dataset_integrity:
             print(f"{name}: fingerprint exists ({fp_file}); reusing it (--clean to redo)", file=sys.stderr)
             return name, fp
+        if same_cases and not same_files:
+            print(f"{name}: files changed since the fingerprint; checking the dataset again", file=sys.stderr)
     check = not args.no_verify
     fp = extract_fingerprint(cases, ds, num_processes=args.np, check=check, progress=not args.quiet)
     write_json_atomic(fp, fp_file)
@@ -111,8 +115,25 @@ def _device(args) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_plan_options(args) -> None:
+    """Numbers a plan cannot be made from: one line saying which and what is allowed."""
+    import math
+    spacing = args.overwrite_target_spacing
+    if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise UserError(f"-overwrite_target_spacing {' '.join(str(s) for s in spacing)} is not allowed: give three "
+                        "positive spacings in mm")
+    for opt, value in (("-gpu_memory_target", args.gpu_memory_target), ("-cpu_memory_target", args.cpu_memory_target)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{opt} {value} is not allowed: give a positive number of GB")
+    if args.rho is not None and args.rho < 2:
+        raise UserError(f"--rho {args.rho} is not allowed: at least 2 queries per organ class")
+    if args.lambda_match is not None and not (math.isfinite(args.lambda_match) and args.lambda_match > 0):
+        raise UserError(f"--lambda {args.lambda_match} is not allowed: give a positive number")
+
+
 def run_plan(name: str, args) -> dict:
     from autoorgan.planners import plan_dataset
+    check_plan_options(args)
     if not (preprocessed_root() / name / FINGERPRINT_NAME).is_file():
         raise UserError(f"{name} has no fingerprint yet; run autoorgan_extract_fingerprint -d {name} (or "
                         "autoorgan_plan_and_preprocess) first")

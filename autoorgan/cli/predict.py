@@ -5,8 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, UserError, cli_entry
 
+INTERRUPTED = "finished cases are kept: rerun the same command with --continue_prediction to do the rest"
 EPILOG = ("Inputs: CASE_0000.nii.gz-style channel files, plain CASE.nii.gz/.nii/.nrrd/.mha files (one-channel "
           "models) or one DICOM series per sub-folder. Outputs per case: CASE_boxes.json (boxes in the input "
           "image's voxel indices and in LPS world mm), CASE.mrk.json (3D Slicer ROIs; drag it into Slicer with the "
@@ -16,7 +17,7 @@ EPILOG = ("Inputs: CASE_0000.nii.gz-style channel files, plain CASE.nii.gz/.nii/
 
 def _parser(description: str) -> argparse.ArgumentParser:
     """The options both prediction commands share."""
-    p = argparse.ArgumentParser(description=description, epilog=EPILOG)
+    p = OneLineArgumentParser(description=description, epilog=EPILOG)
     p.add_argument("-i", required=True, metavar="IN", help="input folder")
     p.add_argument("-o", required=True, metavar="OUT", help="output folder (created)")
     p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(interrupted=INTERRUPTED)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from autoorgan.configurations import get_configuration
@@ -96,7 +97,7 @@ def build_parser_from_modelfolder() -> argparse.ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(interrupted=INTERRUPTED)
 def main_from_modelfolder(argv: list[str] | None = None) -> None:
     args = build_parser_from_modelfolder().parse_args(argv)
     _run(args, args.m)

@@ -5,14 +5,14 @@ import argparse
 import os
 
 from autoorgan.configurations import CONFIGURATIONS, get_configuration
-from autoorgan.utils.errors import UserError, cli_entry
+from autoorgan.utils.errors import OneLineArgumentParser, UserError, cli_entry
 from autoorgan.utils.paths import find_dataset_name
 
 
 def build_parser() -> argparse.ArgumentParser:
     from autoorgan.training.options import TrainOptions
     d = TrainOptions()
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         description="Train one fold of a configuration on a preprocessed dataset. Results go to "
                     "$autoorgan_results/DatasetXXX/<Trainer>__autoorganPlans__<configuration>/fold_F (checkpoints, "
                     "training_log.txt, progress.png, validation/summary.json). Multi-GPU/multi-process: launch "
@@ -50,13 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Numbers that cannot train anything: one line saying which and what is allowed."""
+    import math
+    rules = [("--epochs", args.epochs, args.epochs >= 1, "at least 1"),
+             ("--iters_per_epoch", args.iters_per_epoch, args.iters_per_epoch >= 1, "at least 1"),
+             ("--val_every", args.val_every, args.val_every >= 1, "at least 1"),
+             ("--lr", args.lr, math.isfinite(args.lr) and 0 < args.lr <= 1, "a number in (0, 1]"),
+             ("--warmup_iters", args.warmup_iters, args.warmup_iters >= 0, "0 or more"),
+             ("--batch_size", args.batch_size, args.batch_size is None or args.batch_size >= 1, "at least 1"),
+             ("--max_minutes", args.max_minutes,
+              args.max_minutes is None or (math.isfinite(args.max_minutes) and args.max_minutes > 0), "above 0"),
+             ("-num_workers", args.num_workers, args.num_workers is None or args.num_workers >= 0, "0 or more"),
+             ("--seed", args.seed, args.seed >= 0, "0 or more")]
+    for name, value, ok, allowed in rules:
+        if not ok:
+            raise UserError(f"{name} {value} is not allowed: it must be {allowed}")
+
+
 def run(args: argparse.Namespace) -> dict:
+    import contextlib
+
     import torch
 
     from autoorgan.training.options import TrainOptions
+    from autoorgan.utils.locks import folder_lock
     entry = get_configuration(args.configuration)
-    if args.epochs < 1 or args.iters_per_epoch < 1:
-        raise UserError("--epochs and --iters_per_epoch must be at least 1")
+    check_options(args)
     extra = {}
     if args.matcher:
         extra["matcher"] = args.matcher
@@ -65,15 +85,17 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,
-                       max_minutes=args.max_minutes,
-                       num_workers=workers, extra=extra)
+                       max_minutes=args.max_minutes, num_workers=workers, extra=extra)
     fold = args.fold if args.fold == "all" else _int_fold(args.fold)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     trainer = entry.trainer_class()(find_dataset_name(args.dataset), fold, opt, device,
-                                                trainer_name=args.trainer_name)
-    if args.val_only:
-        return trainer.validate_checkpoint()
-    return trainer.run(continue_training=args.c)
+                                    trainer_name=args.trainer_name)
+    # one training per fold folder at a time (rank 0 holds the lock for its DDP siblings)
+    lock = folder_lock(trainer.output_folder, "training") if trainer.is_main else contextlib.nullcontext()
+    with lock:
+        if args.val_only:
+            return trainer.validate_checkpoint()
+        return trainer.run(continue_training=args.c)
 
 
 def _int_fold(text: str) -> int:
@@ -83,7 +105,7 @@ def _int_fold(text: str) -> int:
         raise UserError(f"fold must be a number (0-4) or 'all', got {text!r}") from None
 
 
-@cli_entry
+@cli_entry(interrupted="the last finished epoch is saved: rerun the same command with --c to continue")
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     summary = run(args)

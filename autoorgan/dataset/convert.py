@@ -28,6 +28,14 @@ def convert_msd(source: Path, raw_root: Path, dataset_id: int | None = None, num
         if not (source / sub).exists():
             raise UserError(f"{source} has no {sub}; is it an MSD task folder (TaskXX_Name with imagesTr, labelsTr, "
                             "imagesTs, dataset.json)?")
+    try:
+        msd = json.loads((source / "dataset.json").read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{source / 'dataset.json'} is not valid JSON ({err}); fix it") from None
+    missing = [k for k in ("modality", "labels") if not isinstance(msd, dict) or k not in msd]
+    if missing:
+        raise UserError(f"{source / 'dataset.json'} has no {' or '.join(repr(k) for k in missing)} entry (an MSD "
+                        "dataset.json names its modalities and labels); add it")
     parts = source.name.split("_", 1)
     if len(parts) != 2 or not parts[0].startswith("Task") or not parts[0][4:].isdigit():
         raise UserError(f"folder name {source.name!r} is not of the form TaskXX_Name; rename it")
@@ -76,6 +84,17 @@ def add_contoured_labels(source: Path, raw_root: Path, contoured_json: Path | No
     per_case = spec.get("contoured", spec)
     if not isinstance(per_case, dict):
         raise UserError(f"{contoured_json} must map case ids to lists of organ names (optionally under 'contoured')")
+    bad = next((c for c, o in per_case.items() if not isinstance(o, list) or not all(isinstance(n, str) for n in o)),
+               None)
+    if bad is not None:
+        raise UserError(f"{contoured_json}: the entry of case {bad!r} must be a list of organ names, got "
+                        f"{per_case[bad]!r}")
+    from autoorgan.dataset.raw import list_cases
+    cases = list_cases(source, ds)
+    not_cases = sorted(set(per_case) - set(cases))
+    if not_cases:
+        raise UserError(f"{contoured_json} lists {len(not_cases)} case(s) that are not in {source.name} (e.g. "
+                        f"{not_cases[0]!r}); fix the id(s): a typo would leave the real case fully annotated")
     unknown = sorted({o for organs in per_case.values() for o in organs} - set(ds["labels"]))
     if unknown:
         raise UserError(f"{contoured_json} names organ(s) {unknown} that are not labels of {source.name}; fix the "
@@ -90,7 +109,7 @@ def add_contoured_labels(source: Path, raw_root: Path, contoured_json: Path | No
     if target.resolve() != source.resolve():
         if target.exists():
             raise UserError(f"{target} already exists; remove it or choose another id with -d")
-        tmp = target.with_name(target.name + ".partial_write")
+        tmp = target.with_name(f".{target.name}.partial_write")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for sub in ("imagesTr", "labelsTr", "imagesTs"):

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from autoorgan.boxes import Geometry
 
 SPACING_RTOL = 1e-4   # relative tolerance for spacing
+SPACING_RANGE_MM = (0.01, 50.0)  # outside: a broken header (or not a medical image)
 ORIGIN_ATOL_MM = 1e-3  # absolute tolerance for origins (mm)
 DIRECTION_ATOL = 1e-4  # absolute tolerance for direction cosines
 
@@ -29,6 +30,7 @@ class CaseData:
     seg: np.ndarray | None = None
     geometry: Geometry | None = None
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _read(path: Path, case_id: str, what: str, problems: list[str]) -> sitk.Image | None:
@@ -36,7 +38,7 @@ def _read(path: Path, case_id: str, what: str, problems: list[str]) -> sitk.Imag
         problems.append(f"case {case_id}: {what} {path} does not exist; add the file or remove the case")
         return None
     try:
-        why = _truncation(path)
+        why = truncation_problem(path)
         if why:
             raise RuntimeError(why)
         return sitk.ReadImage(str(path))
@@ -47,7 +49,7 @@ def _read(path: Path, case_id: str, what: str, problems: list[str]) -> sitk.Imag
         return None
 
 
-def _truncation(path: Path) -> str | None:
+def truncation_problem(path: Path) -> str | None:
     """Why a NIfTI file is shorter than its header says, or None. ITK reads a truncated .nii.gz without an error
     (the missing voxels come back as zeros), so compare the gzip trailer's size field (or the plain file size)
     with vox_offset + the data size the header declares. O(1): reads the header and the last 4 bytes."""
@@ -99,7 +101,7 @@ def geometry_mismatch(ref: sitk.Image, other: sitk.Image) -> str | None:
     return None
 
 
-def _nonfinite_in_float_nifti(path: Path) -> int:
+def nonfinite_in_float_nifti(path: Path) -> int:
     """Count NaN/inf voxels of a float-typed NIfTI file. SimpleITK's NIfTI reader silently turns them into 0, so
     they are looked for with nibabel (only for float storage: integer files cannot hold them)."""
     name = str(path)
@@ -139,6 +141,10 @@ def read_and_check_case(case_id: str, image_files: list[Path], label_file: Path 
     if problems:
         return out
     ref = images[0]
+    if check and not all(SPACING_RANGE_MM[0] <= s <= SPACING_RANGE_MM[1] for s in ref.GetSpacing()):
+        problems.append(f"case {case_id}: voxel spacing {tuple(round(s, 5) for s in ref.GetSpacing())} mm is outside "
+                        f"{SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm: the header is broken; fix the spacing")
+        return out
     if check:
         for ch, img in enumerate(images[1:], start=1):
             if (why := geometry_mismatch(ref, img)) is not None:
@@ -153,7 +159,7 @@ def read_and_check_case(case_id: str, image_files: list[Path], label_file: Path 
     image = np.stack([a.astype(np.float32, copy=False) for a in arrays])
     bad = int((~np.isfinite(image)).sum()) if check else 0
     if check and not bad:
-        bad = sum(_nonfinite_in_float_nifti(f) for f in image_files)
+        bad = sum(nonfinite_in_float_nifti(f) for f in image_files)
     if bad:
         problems.append(f"case {case_id}: the image holds {bad} NaN/inf voxel(s); replace them (e.g. with the "
                         "background value) before planning")
@@ -176,4 +182,26 @@ def read_and_check_case(case_id: str, image_files: list[Path], label_file: Path 
                                 f"{sorted(allowed)}; add them to 'labels' or fix the label map")
                 return out
     out.image, out.seg, out.geometry = image, seg, Geometry.from_sitk(ref)
+    if check:
+        out.warnings += case_warnings(case_id, image, image_files)
+    return out
+
+
+def case_warnings(case_id: str, image: np.ndarray, image_files: list[Path]) -> list[str]:
+    """Things that are legal but probably not meant: a constant image, a volume one or two voxels thin, a NIfTI
+    file without an orientation (qform and sform codes 0: position and direction are guesses)."""
+    out = []
+    if float(image.max()) == float(image.min()):
+        out.append(f"case {case_id}: the image is constant ({float(image.min()):g}); is it empty?")
+    if min(image.shape[1:]) < 3:
+        out.append(f"case {case_id}: the volume is {min(image.shape[1:])} voxel(s) thin (shape "
+                   f"{tuple(image.shape[1:])}); is it a 2D image?")
+    for f in image_files:
+        if str(f).endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+            header = nib.load(str(f)).header
+            if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+                out.append(f"case {case_id}: {Path(f).name} has no orientation (qform and sform codes are 0), so "
+                           "its position and direction in the world are guesses; fix the header")
+                break
     return out

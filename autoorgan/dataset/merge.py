@@ -29,9 +29,28 @@ def merged_labels(sources: Sequence[dict]) -> dict[str, int]:
     names: list[str] = []
     for ds in sources:
         for name in sorted(foreground_labels(ds), key=foreground_labels(ds).get):
+            twin = next((n for n in names if n.lower() == name.lower() and n != name), None)
+            if twin is not None:
+                raise UserError(f"labels {twin!r} and {name!r} of the datasets differ only in upper/lower case; give "
+                                "them the same name in both dataset.json files (one organ) or clearly different names")
             if name not in names:
                 names.append(name)
     return {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
+
+
+def check_label_maps(folder: Path, dataset_json: dict) -> None:
+    """Every label map of a source holds only its dataset.json's label values, and is complete: a value missing
+    from dataset.json would silently become background in the merged dataset."""
+    from autoorgan.dataset.integrity import truncation_problem
+    from autoorgan.evaluation.folders import read_label_map
+    allowed = set(int(v) for v in dataset_json["labels"].values())
+    for cid, case in sorted(list_cases(folder, dataset_json).items()):
+        if (why := truncation_problem(case.label)) is not None:
+            raise UserError(f"{case.label} is damaged ({why}); replace it before merging")
+        values = set(np.unique(read_label_map(Path(case.label))[0]).tolist())
+        if values - allowed:
+            raise UserError(f"case {cid} of {folder.name}: label value(s) {sorted(values - allowed)} are not in its "
+                            f"dataset.json labels {sorted(allowed)}; add them there or fix the label map")
 
 
 def merge_datasets(source_folders: Sequence[Path], target_folder: Path, name: str) -> Path:
@@ -49,7 +68,9 @@ def merge_datasets(source_folders: Sequence[Path], target_folder: Path, name: st
         raise UserError(f"the datasets use different file endings ({', '.join(sorted(endings))}); convert them to one "
                         "first")
     labels = merged_labels(jsons)
-    tmp = target_folder.with_name(target_folder.name + ".partial_write")
+    for folder, ds in zip(source_folders, jsons, strict=True):  # every source checked before anything is written
+        check_label_maps(folder, ds)
+    tmp = target_folder.with_name(f".{target_folder.name}.partial_write")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "labelsTr").mkdir(parents=True)
     entries, cases_ann, sets = {}, {}, {}

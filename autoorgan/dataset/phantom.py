@@ -167,13 +167,26 @@ def write_phantom_dataset(raw_root: Path, dataset_id: int = 900, num_cases: int 
         raise UserError("--cases must be at least 1 and --test_cases at least 0")
     name = name or ("PhantomPartial" if partial else "Phantom")
     folder = Path(raw_root) / dataset_folder_name(dataset_id, name)
-    existing = [p for p in Path(raw_root).glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()] \
+    found = sorted(p for p in Path(raw_root).glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()) \
         if Path(raw_root).is_dir() else []
+    for leftover in (p for p in found if p.name.endswith(".partial_write")):  # an older version's interrupted write
+        shutil.rmtree(leftover, ignore_errors=True)
+    existing = [p for p in found if not p.name.endswith(".partial_write")]
     if existing and not overwrite:
         raise UserError(f"dataset {dataset_id} already exists ({existing[0]}); pass --overwrite to replace it or "
                         "choose another id with -d")
-    tmp = folder.with_name(folder.name + ".partial_write")
+    tmp = folder.with_name(f".{folder.name}.partial_write")  # hidden: never taken for the dataset
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, folder, existing, num_cases, num_test, partial, seed, spacing_scale, name, progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write(tmp: Path, folder: Path, existing: list[Path], num_cases: int, num_test: int, partial: bool, seed: int,
+           spacing_scale: float, name: str, progress: bool) -> None:
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (tmp / sub).mkdir(parents=True)
     members = list(MEMBERS)
@@ -210,4 +223,3 @@ def write_phantom_dataset(raw_root: Path, dataset_id: int = 900, num_cases: int 
     for p in existing:
         shutil.rmtree(p)
     tmp.rename(folder)
-    return folder

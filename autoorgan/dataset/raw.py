@@ -47,10 +47,20 @@ def load_dataset_json(dataset_folder: Path) -> dict:
     if not path.is_file():
         raise DatasetIntegrityError(f"{path} is missing: every dataset needs a dataset.json "
                                     "(see docs/dataset_format.md)")
+    return read_model_dataset_json(path)
+
+
+def read_model_dataset_json(path: Path) -> dict:
+    """Read and validate a ``dataset.json`` file (a raw dataset's, or a model folder's copy)."""
     try:
-        ds = json.loads(path.read_text())
+        ds = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetIntegrityError(f"{path} is not valid JSON ({err}); fix the file") from None
+    validate_dataset_json(ds, Path(path))
+    return ds
+
+
+def validate_dataset_json(ds: object, path: Path) -> None:
     if not isinstance(ds, dict):
         raise DatasetIntegrityError(f"{path} must hold a JSON object with channel_names, labels, numTraining, "
                                     "file_ending")
@@ -82,7 +92,6 @@ def load_dataset_json(dataset_folder: Path) -> dict:
                                     f"{', '.join(SUPPORTED_ENDINGS)}")
     if ANNOTATION_KEY in ds:
         _validate_annotation_key(ds, path)
-    return ds
 
 
 def foreground_labels(dataset_json: Mapping) -> dict[str, int]:
@@ -108,6 +117,10 @@ def _validate_annotation_key(ds: dict, path: Path) -> None:
         raise DatasetIntegrityError(f"{path}: '{ANNOTATION_KEY}' must be an object with 'sets' and/or 'cases' "
                                     "(see docs/dataset_format.md)")
     sets = spec.get("sets", {})
+    for key in ("sets", "cases"):
+        if not isinstance(spec.get(key, {}), dict):
+            raise DatasetIntegrityError(f"{path}: '{ANNOTATION_KEY}.{key}' must be an object mapping names to label "
+                                        "lists (see docs/dataset_format.md)")
     for name, members in {**{f"set {k}": v for k, v in sets.items()},
                           **{f"case {k}": v for k, v in spec.get("cases", {}).items()}}.items():
         if isinstance(members, str):
@@ -177,6 +190,13 @@ def list_cases(dataset_folder: Path, dataset_json: Mapping, images_dir: str = "i
     if not img_dir.is_dir():
         raise DatasetIntegrityError(f"{img_dir} is missing; put the images there as CASE_0000{ending}")
     files = sorted(p for p in img_dir.iterdir() if not p.name.startswith("."))
+    for p in files:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:  # SimpleITK aborts the whole process on such names
+            shown = p.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise DatasetIntegrityError(f"{img_dir} holds {shown!r}, whose name is not valid UTF-8; "
+                                        "rename it") from None
     if not files:
         raise DatasetIntegrityError(f"{img_dir} is empty; put the images there as CASE_0000{ending}")
     channels: dict[str, dict[int, Path]] = {}
@@ -229,10 +249,21 @@ def list_cases(dataset_folder: Path, dataset_json: Mapping, images_dir: str = "i
         if extra:
             raise DatasetIntegrityError(f"label {extra[0]}{ending} in {lab_dir} has no image "
                                         f"{extra[0]}_0000{ending} in {img_dir}; add the image or remove the label")
+        check_annotated_cases(dataset_json, cases, folder / "dataset.json")
         if dataset_json["numTraining"] != len(cases):
             raise DatasetIntegrityError(f"dataset.json says numTraining {dataset_json['numTraining']} but {img_dir} "
                                         f"holds {len(cases)} cases; fix numTraining")
     return cases
+
+
+def check_annotated_cases(dataset_json: Mapping, cases: Mapping, path: Path) -> None:
+    """Every case id listed in ``annotated_labels.cases`` must be a case: a typo would silently make the intended
+    case fully annotated (its unannotated organs trained as background), which partial annotation exists to avoid."""
+    listed = (dataset_json.get(ANNOTATION_KEY) or {}).get("cases", {})
+    unknown = sorted(set(listed) - set(cases))
+    if unknown:
+        raise DatasetIntegrityError(f"{path}: '{ANNOTATION_KEY}.cases' names {len(unknown)} case(s) that are not in "
+                                    f"the dataset (e.g. {unknown[0]!r}); fix the id(s) or remove the entries")
 
 
 def _cases_from_dataset_key(folder: Path, dataset_json: Mapping) -> dict[str, RawCase]:
@@ -259,4 +290,5 @@ def _cases_from_dataset_key(folder: Path, dataset_json: Mapping) -> dict[str, Ra
                 raise DatasetIntegrityError(f"case {case}: file {f} listed in dataset.json does not exist; fix the "
                                             "path")
         cases[case] = RawCase(case, images, label)
+    check_annotated_cases(dataset_json, cases, folder / "dataset.json")
     return cases

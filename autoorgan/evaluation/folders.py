@@ -66,7 +66,9 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A label map file -> (integer array in array order, its Geometry); one-line UserError when unusable."""
     import SimpleITK as sitk
 
-    from autoorgan.boxes import Geometry
+    from autoorgan.dataset.integrity import truncation_problem
+    if (why := truncation_problem(path)) is not None:
+        raise UserError(f"{path} is damaged ({why}); replace the file")
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -82,6 +84,56 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     return arr, Geometry.from_sitk(img)
 
 
+def grid_mismatch(ref: Geometry, pred: Geometry) -> str | None:
+    """Why two label maps do not lie on the same voxel grid in the world (shape, spacing, origin, direction)."""
+    if tuple(ref.shape) != tuple(pred.shape):
+        return f"shape {tuple(pred.shape)} vs {tuple(ref.shape)}"
+    for what, a, b, tol in (("spacing", pred.spacing, ref.spacing, 1e-3 * max(ref.spacing)),
+                            ("origin", pred.origin, ref.origin, 1e-2 * max(ref.spacing)),
+                            ("direction", pred.direction, ref.direction, 1e-3)):
+        if not np.allclose(a, b, rtol=0, atol=tol):
+            return f"{what} {tuple(round(float(v), 4) for v in a)} vs {tuple(round(float(v), 4) for v in b)}"
+    return None
+
+
+def _record_geometry(geo: dict) -> Geometry:
+    return Geometry(shape=tuple(int(v) for v in geo["shape_array_order"]),
+                    spacing=tuple(float(v) for v in geo["spacing_itk_order"]),
+                    origin=tuple(float(v) for v in geo.get("origin_lps_mm", (0.0, 0.0, 0.0))),
+                    direction=tuple(float(v) for v in geo.get("direction_itk", (1, 0, 0, 0, 1, 0, 0, 0, 1))))
+
+
+def ref_geometry(ref: Path, case: str, file_ending: str) -> Geometry | None:
+    """The reference label map's geometry (header only), or None for box-file references."""
+    lm = ref / f"{case}{file_ending}"
+    if not lm.is_file():
+        return None
+    import SimpleITK as sitk
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(lm))
+    r.ReadImageInformation()
+    return Geometry(shape=tuple(int(v) for v in r.GetSize()[::-1]), spacing=tuple(r.GetSpacing()),
+                    origin=tuple(r.GetOrigin()), direction=tuple(r.GetDirection()))
+
+
+def read_box_file(path: Path) -> dict:
+    """A ``CASE_boxes.json`` file, checked: one-line UserError naming the file when it is not one."""
+    try:
+        rec = load_json(path)
+        for o in rec["organs"]:
+            int(o["label"])
+            box = np.asarray(o["box_voxel"], np.float64)
+            if box.shape != (6,) or not np.isfinite(box).all() or not np.isfinite(float(o.get("score", 0.0))):
+                raise ValueError("box_voxel must be 6 finite numbers")
+        geo = rec.get("geometry")
+        if geo is not None:
+            [int(v) for v in geo["shape_array_order"]], [float(v) for v in geo["spacing_itk_order"]]
+        return rec
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not a valid CASE_boxes.json ({type(err).__name__}: {err}); recreate it with "
+                        "autoorgan_predict") from None
+
+
 def _reference_boxes(ref: Path, case: str, file_ending: str, labels: list[int]):
     """(``{label: box}`` in the original array frame, spacing in array order or None, annotated set or None,
     shape)."""
@@ -93,7 +145,7 @@ def _reference_boxes(ref: Path, case: str, file_ending: str, labels: list[int]):
             raise UserError(f"{lm} has label value(s) {bad} not in dataset.json's labels {labels}")
         return {k: np.asarray(v, np.float64) for k, v in boxes_from_label_map(arr, labels).items()}, \
             geo.spacing_array_order, None, geo.shape
-    rec = load_json(ref / f"{case}{BOX_SUFFIX}")
+    rec = read_box_file(ref / f"{case}{BOX_SUFFIX}")
     boxes = {int(o["label"]): np.asarray(o["box_voxel"], np.float64) for o in rec["organs"]}
     geo = rec.get("geometry")
     spacing = np.asarray(geo["spacing_itk_order"], np.float64)[::-1] if geo else None
@@ -117,11 +169,15 @@ def evaluate_folders(ref: Path, pred: Path, dataset_json: Mapping, cases: list[s
         for cid in pairing.box_cases:
             rboxes, spacing, annotated, shape = _reference_boxes(ref, cid, ending, labels)
             annotated = annotated if annotated is not None else set(annotated_labels(dataset_json, cid))
-            rec = load_json(pred / f"{cid}{BOX_SUFFIX}")
+            rec = read_box_file(pred / f"{cid}{BOX_SUFFIX}")
             geo = rec.get("geometry")
             if shape is not None and geo and tuple(geo["shape_array_order"]) != tuple(shape):
                 raise UserError(f"case {cid}: prediction is on a {tuple(geo['shape_array_order'])} grid but the "
                                 f"reference on {tuple(shape)}; were they made from the same image?")
+            ref_geo = ref_geometry(ref, cid, ending)
+            if ref_geo is not None and geo and (why := grid_mismatch(ref_geo, _record_geometry(geo))) is not None:
+                raise UserError(f"case {cid}: the prediction's image grid differs from the reference's ({why}); "
+                                "were they made from the same image?")
             predicted = {int(o["label"]): (np.asarray(o["box_voxel"], np.float64), float(o["score"]))
                          for o in rec["organs"] if int(o["label"]) in labels}
             det_cases.append(CaseDetections(rboxes, predicted, annotated, cid))
@@ -142,9 +198,9 @@ def evaluate_folders(ref: Path, pred: Path, dataset_json: Mapping, cases: list[s
         for cid in pairing.mask_cases:
             r, rgeo = read_label_map(ref / f"{cid}{ending}")
             p, pgeo = read_label_map(pred / f"{cid}{ending}")
-            if r.shape != p.shape or not np.allclose(rgeo.spacing, pgeo.spacing, rtol=1e-3):
-                raise UserError(f"case {cid}: prediction grid {p.shape} / spacing {pgeo.spacing} differs from the "
-                                f"reference's {r.shape} / {rgeo.spacing}")
+            if (why := grid_mismatch(rgeo, pgeo)) is not None:
+                raise UserError(f"case {cid}: the prediction's grid differs from the reference's ({why}); were "
+                                "they made from the same image?")
             per_case[cid] = case_mask_metrics(r, p, labels, rgeo.spacing_array_order,
                                               set(annotated_labels(dataset_json, cid)))
         masks = summarize_masks(per_case, names)

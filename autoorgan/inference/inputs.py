@@ -19,6 +19,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -65,6 +66,11 @@ def find_input_cases(folder: Path, num_channels: int) -> tuple[list[InputCase], 
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
+        if not _utf8(entry.name):
+            cid = entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            cases[cid] = InputCase(cid, files=[entry], problem="its file name is not valid UTF-8 (the image readers "
+                                                               "cannot open it); rename it")
+            continue
         if entry.is_dir():
             cases[entry.name] = InputCase(entry.name, dicom_dir=entry)
             continue
@@ -97,6 +103,14 @@ def find_input_cases(folder: Path, num_channels: int) -> tuple[list[InputCase], 
     return [cases[k] for k in sorted(cases)], notes
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes in the file name (surrogate escapes)
+        return False
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -115,11 +129,43 @@ def read_dicom_series(folder: Path):
     if len(ids) > 1:
         raise CaseError(f"{len(ids)} DICOM series in {folder}; put each series in its own folder")
     names = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    check_slice_spacing(folder, names)
     reader.SetFileNames(names)
     try:
         return reader.Execute()
     except RuntimeError as err:
         raise CaseError(f"cannot read the DICOM series in {folder} ({_first_line(err)})") from None
+
+
+SLICE_GAP_RTOL = 0.2  # a slice step this much larger than the median step means a missing slice
+
+
+def check_slice_spacing(folder: Path, files: Sequence[str]) -> None:
+    """CaseError when the slices of a series are not evenly spaced (a missing slice): the series reader would
+    average the spacing and misplace everything past the gap. Reads only the headers (ImagePositionPatient)."""
+    import SimpleITK as sitk
+    if len(files) < 3:
+        return
+    positions = []
+    for name in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(name)
+        r.LoadPrivateTagsOff()
+        try:
+            r.ReadImageInformation()
+            positions.append([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+        except RuntimeError:
+            return  # no positions to compare (the series reader reports unreadable files itself)
+    pos = np.asarray(positions, np.float64)
+    steps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    med = float(np.median(steps))
+    if med <= 0:
+        raise CaseError(f"the DICOM series in {folder} has slices at the same position; remove duplicates")
+    worst = int(np.argmax(np.abs(steps - med)))
+    if abs(steps[worst] - med) > SLICE_GAP_RTOL * med:
+        raise CaseError(f"the DICOM series in {folder} is not evenly spaced: slices {worst + 1} and {worst + 2} are "
+                        f"{steps[worst]:.2f} mm apart, the others {med:.2f} mm (a missing slice?); complete the "
+                        "series")
 
 
 def sitk_to_nnunet(image) -> tuple[np.ndarray, dict]:
@@ -142,14 +188,23 @@ def read_input_case(case: InputCase, reader, num_channels: int) -> tuple[np.ndar
     if case.dicom_dir is not None:
         data, props = sitk_to_nnunet(read_dicom_series(case.dicom_dir))
     else:
+        from autoorgan.dataset.integrity import nonfinite_in_float_nifti, truncation_problem
         for f in case.files:
             if f.stat().st_size == 0:
                 raise CaseError(f"{f.name} is empty")
+            if (why := truncation_problem(f)) is not None:
+                raise CaseError(f"{f.name} is damaged ({why}); replace the file")
+            if (bad := nonfinite_in_float_nifti(f)):
+                raise CaseError(f"{f.name} holds {bad} NaN/inf voxel(s); replace them (e.g. with the background "
+                                "value)")
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's readers print before raising
                 data, props = reader.read_images([str(f) for f in case.files])
         except Exception as err:  # readers raise anything from RuntimeError to ITK exceptions
             raise CaseError(f"cannot read {case.source} ({_first_line(err)}); is it a valid image?") from None
+    if not np.isfinite(data).all():
+        raise CaseError(f"{case.source} holds {int((~np.isfinite(data)).sum())} NaN/inf voxel(s); replace them (e.g. "
+                        "with the background value)")
     if data.ndim != 4 or 1 in data.shape[1:2]:
         raise CaseError(f"{case.source} is not a 3D image (array shape {tuple(data.shape[1:])})")
     if data.shape[0] != num_channels:

@@ -21,6 +21,7 @@ Memory: one scan at a time; the image is normalized in place and resampled slab 
 from __future__ import annotations
 
 import contextlib
+import glob
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,18 +34,19 @@ from tqdm import tqdm
 
 from autoorgan.boxes import Geometry, geometry_from_props, preprocessed_to_original
 from autoorgan.configurations import PLANS_SECTIONS, network_class
-from autoorgan.dataset.raw import foreground_labels
+from autoorgan.dataset.raw import foreground_labels, read_model_dataset_json
 from autoorgan.inference.detect import Detections, detect_case, fuse_detections
 from autoorgan.inference.export import case_box_record
 from autoorgan.inference.inputs import CaseError, InputCase, find_input_cases, read_input_case
 from autoorgan.inference.outputs import box_label_map, save_png, slicer_markups, write_image_atomic
-from autoorgan.planning.plans import get_configuration
+from autoorgan.planning.plans import get_configuration, read_plans
 from autoorgan.utils.checkpoints import load_checkpoint, load_network_state
 from autoorgan.utils.device import select_device
 from autoorgan.utils.errors import UserError
-from autoorgan.utils.fileio import load_json, write_json_atomic
+from autoorgan.utils.fileio import write_json_atomic
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+MAX_RESAMPLED_VOXELS = 1e9  # 4 GB of float32: far above any CT at a planned spacing
 
 Organs = dict[int, tuple[np.ndarray, float]]  # label value -> (voxel box [6] in the original array, score)
 
@@ -124,8 +126,19 @@ class Predictor:
     def predict_arrays(self, data: np.ndarray, props: dict) -> tuple[Any, Geometry | None]:
         """Reader output (``data [C, n0, n1, n2]``, nnU-Net properties) -> :meth:`predict_preprocessed`'s result."""
         from autoorgan.preprocessing.preprocess import preprocess_for_inference
+        self.check_resampled_size(data.shape[1:], props["spacing"])
         pre, props = preprocess_for_inference(data, props, self.plans, self.section, self.dataset_json)
         return self.predict_preprocessed(pre, props)
+
+    def check_resampled_size(self, shape: Sequence[int], spacing: Sequence[float]) -> None:
+        """CaseError when the scan's header spacing would make resampling absurd (a 500 mm or 0.01 mm voxel): the
+        resampled volume would need tens of GB, or shrink to nothing."""
+        tf = self.plans["transpose_forward"]
+        new = np.asarray(shape, np.float64)[tf] * np.asarray(spacing, np.float64)[tf] / np.asarray(self.cfg["spacing"])
+        if new.min() < 2 or float(np.prod(new)) > MAX_RESAMPLED_VOXELS:
+            raise CaseError(f"its voxel spacing {[round(float(s), 4) for s in spacing]} mm (array order) would "
+                            f"resample its {tuple(int(v) for v in shape)} voxels to {tuple(int(v) for v in new)} at "
+                            f"the planned {self.cfg['spacing']} mm; the header's spacing is implausible: fix it")
 
     def write_case(self, case_id: str, prediction: Any, geometry: Geometry, out_dir: Path, image0=None,
                    save_box_masks: bool = False) -> dict:
@@ -241,8 +254,8 @@ def load_predictor(model_folder: Path, folds: Sequence[str | int] | None = None,
     if section not in PLANS_SECTIONS:
         raise UserError(f"{model_folder.name} is not named <Trainer>__<Plans>__<{'|'.join(PLANS_SECTIONS)}>; is it "
                         "a model folder made by autoorgan_train?")
-    plans = load_json(model_folder / "plans.json")
-    dataset_json = load_json(model_folder / "dataset.json")
+    plans = read_plans(model_folder / "plans.json")
+    dataset_json = read_model_dataset_json(model_folder / "dataset.json")
     have = available_folds(model_folder, checkpoint)
     chosen = [str(f) for f in folds] if folds else have
     missing = [f for f in chosen if f not in have]
@@ -277,38 +290,65 @@ class FolderResult:
 def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path,
                    continue_prediction: bool = False, save_box_masks: bool = False, save_png_file: bool = False,
                    progress: bool = True) -> FolderResult:
-    """Predict every case of ``input_folder`` into ``output_folder``; a failing case is reported and skipped."""
+    """Predict every case of ``input_folder`` into ``output_folder``. A case that fails (unreadable, damaged,
+    implausible, out of memory, or any unexpected error) is reported and skipped; the others go on, and
+    ``prediction_info.json`` lists every failure with its reason even when the run is interrupted."""
+    from autoorgan.utils.locks import folder_lock
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if output_folder.resolve() == input_folder.resolve():
         raise UserError("the output folder must differ from the input folder")
     if predictor.output != "boxes" and (save_box_masks or save_png_file):
         raise UserError("--save_box_masks and --save_png are for boxes (organdetr) only")
     cases, notes = find_input_cases(input_folder, predictor.num_channels)
-    output_folder.mkdir(parents=True, exist_ok=True)
-    for stale in output_folder.glob(".*.tmp*"):  # left by a kill while writing
-        stale.unlink(missing_ok=True)
-    for note in notes:
-        print(f"autoorgan: {note}", file=sys.stderr)
-    result = FolderResult()
-    t0 = time.time()
-    bar = tqdm(cases, unit="case", desc="Predicting", disable=not progress)
-    for case in bar:
-        if continue_prediction and (output_folder / f"{case.case_id}{predictor.done_suffix}").is_file():
-            result.skipped.append(case.case_id)
-            continue
-        bar.set_postfix_str(case.case_id)
+    with folder_lock(output_folder, "prediction"):
+        for stale in output_folder.glob(".*.tmp*"):  # left by a kill while writing (nobody else writes here now)
+            stale.unlink(missing_ok=True)
+        for note in notes:
+            print(f"autoorgan: {note}", file=sys.stderr)
+        result = FolderResult()
+        t0 = time.time()
         try:
-            predictor.predict_case(case, output_folder, save_box_masks, save_png_file)
-            result.done.append(case.case_id)
-        except CaseError as err:
-            result.failed[case.case_id] = str(err)
-            tqdm.write(f"autoorgan: case {case.case_id} failed: {err}", file=sys.stderr)
-    bar.close()
-    result.seconds = time.time() - t0
-    info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds,
-            "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
-            "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
-            "configuration": predictor.section,
-            "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array order"}
-    write_json_atomic(info, output_folder / "prediction_info.json")
+            bar = tqdm(cases, unit="case", desc="Predicting", disable=not progress)
+            for case in bar:
+                if continue_prediction and (output_folder / f"{case.case_id}{predictor.done_suffix}").is_file():
+                    result.skipped.append(case.case_id)
+                    continue
+                bar.set_postfix_str(case.case_id)
+                reason = _predict_one(predictor, case, output_folder, save_box_masks, save_png_file)
+                if reason is None:
+                    result.done.append(case.case_id)
+                else:
+                    result.failed[case.case_id] = reason
+                    tqdm.write(f"autoorgan: case {case.case_id} failed: {reason}", file=sys.stderr)
+            bar.close()
+        finally:
+            result.seconds = time.time() - t0
+            info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds,
+                    "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
+                    "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
+                    "done": len(result.done) + len(result.skipped), "configuration": predictor.section,
+                    "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array "
+                                      "order"}
+            write_json_atomic(info, output_folder / "prediction_info.json")
     return result
+
+
+def _predict_one(predictor: Predictor, case: InputCase, out_dir: Path, save_box_masks: bool,
+                 save_png_file: bool) -> str | None:
+    """Predict one case; None when done, else the one-line reason it failed (it never stops the batch)."""
+    from autoorgan.utils.errors import os_error_message
+    try:
+        predictor.predict_case(case, out_dir, save_box_masks, save_png_file)
+        return None
+    except CaseError as err:
+        return str(err)
+    except MemoryError:
+        return "ran out of memory (is the scan's header spacing or size implausible?)"
+    except OSError as err:
+        return os_error_message(err)
+    except Exception as err:  # noqa: BLE001 - one case's unexpected failure must not sink the batch
+        text = str(err).strip().splitlines()
+        return f"unexpected {type(err).__name__}: {text[0] if text else ''} (please report it)"
+    finally:
+        for stale in out_dir.glob(f".{glob.escape(case.case_id)}*.tmp*"):  # nothing half-written stays behind
+            stale.unlink(missing_ok=True)

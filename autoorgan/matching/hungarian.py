@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from autoorgan.boxes.torch_ops import center_to_corners, generalized_box_iou
+from autoorgan.utils.errors import UserError
 
 
 def match_cost(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, tgt_boxes: torch.Tensor,
@@ -52,6 +53,9 @@ class HungarianMatcher:
             labels = tgt["labels"].repeat_interleave(k)
             tboxes = tgt["boxes"].repeat_interleave(k, dim=0)
             cost = match_cost(logits[b].float(), boxes[b].float(), labels, tboxes.float(), *self.w)
+            if not torch.isfinite(cost).all():
+                raise UserError("training diverged: the network's outputs are not finite; lower the learning rate "
+                                "(--lr) and start again")
             rows, cols = solve(cost)
             out.append((rows, torch.div(cols, k, rounding_mode="floor")))
         return out

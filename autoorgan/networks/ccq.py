@@ -37,15 +37,28 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Sta
 from torch import nn
 
 
+def torch_module_class(name: object, key: str) -> type[nn.Module] | None:
+    """A ``torch.nn`` layer class named in the plans (``"torch.nn.modules.conv.Conv3d"``, ``"torch.nn.LeakyReLU"``).
+    Plans are shared files: anything that is not a ``torch.nn`` module class (``os.system``, say) is refused, so
+    reading plans never calls code they name."""
+    if name is None:
+        return None
+    from pydoc import locate
+    found = locate(name) if isinstance(name, str) and name.startswith("torch.nn.") else None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        from autoorgan.utils.errors import UserError
+        raise UserError(f"the plans name {name!r} as {key}; only torch.nn layer classes are allowed there (e.g. "
+                        "torch.nn.modules.conv.Conv3d)")
+    return found
+
+
 def encoder_kwargs(arch_kwargs: dict) -> dict:
     """nnU-Net ``arch_kwargs`` (strings for classes) -> PlainConvEncoder keyword arguments."""
-    from pydoc import locate
     kw = {k: arch_kwargs[k] for k in ("n_stages", "features_per_stage", "kernel_sizes", "strides",
                                       "n_conv_per_stage", "conv_bias", "norm_op_kwargs", "dropout_op_kwargs",
                                       "nonlin_kwargs") if k in arch_kwargs}
     for key in ("conv_op", "norm_op", "dropout_op", "nonlin"):
-        v = arch_kwargs.get(key)
-        kw[key] = locate(v) if isinstance(v, str) else v
+        kw[key] = torch_module_class(arch_kwargs.get(key), key)
     return kw
 
 

@@ -16,7 +16,9 @@ Two deliberate differences from nnU-Net (docs/fingerprint.md):
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -87,7 +89,7 @@ def analyze_case(case: RawCase, dataset_json: Mapping, n_samples: int, check: bo
     annotated = annotated_labels(dataset_json, case.case_id)
     boxes = boxes_from_label_map(data.seg, labels=annotated) if data.seg is not None else {}
     return {
-        "case_id": case.case_id, "problems": [],
+        "case_id": case.case_id, "problems": [], "warnings": data.warnings,
         "spacing": spacing.tolist(), "shape": shape.tolist(), "shape_after_crop": crop_shape.tolist(),
         "relative_size_after_crop": float(np.prod(crop_shape) / np.prod(shape)),
         "body_bbox": body, "body_extent_mm": (crop_shape * spacing).round(3).tolist(),
@@ -177,7 +179,25 @@ def extract_fingerprint(cases: Mapping[str, RawCase], dataset_json: Mapping, num
     problems = [p for r in results for p in r["problems"]]
     if problems:
         raise_problems(problems)
-    return aggregate(results, dataset_json)
+    warnings = [w for r in results for w in r.get("warnings", [])]
+    for w in warnings[:10]:
+        print(f"autoorgan: warning: {w}", file=sys.stderr)
+    if len(warnings) > 10:
+        print(f"autoorgan: warning: ... and {len(warnings) - 10} more (dataset_fingerprint.json autoorgan.warnings)",
+              file=sys.stderr)
+    fp = aggregate(results, dataset_json)
+    fp["autoorgan"]["warnings"] = warnings
+    fp["autoorgan"]["file_stats"] = file_stats(cases)
+    return fp
+
+
+def file_stats(cases: Mapping[str, RawCase]) -> dict[str, list[list[int]]]:
+    """Per case, (size, modification time) of each of its files: a rerun re-checks the dataset when they change."""
+    out = {}
+    for cid, case in cases.items():
+        files = [*case.images, *([case.label] if case.label is not None else [])]
+        out[cid] = [[int(st.st_size), int(st.st_mtime_ns)] for st in (Path(f).stat() for f in files)]
+    return out
 
 
 def raise_problems(problems: list[str]) -> None:

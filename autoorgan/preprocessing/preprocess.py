@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Mapping
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from autoorgan.boxes import boxes_from_label_map
 from autoorgan.dataset.raw import RawCase, annotated_labels, foreground_labels
 from autoorgan.planning.fingerprint import body_mask, is_ct_channel, mask_bbox
+from autoorgan.utils.errors import UserError
 from autoorgan.utils.fileio import atomic_output, load_json, to_jsonable, write_json_atomic
 
 STAMP_NAME = "autoorgan_preprocessing.json"
@@ -85,6 +87,7 @@ def _preprocess(data, seg, properties, pm, cm, dataset_json: Mapping, case_id: s
     if inference:
         norm_seg = np.where(mask, 0, -1).astype(np.int8)[None]
     else:
+        exact_before_crop = boxes_from_label_map(seg[0], labels=annotated_labels(dataset_json, case_id))
         seg = seg[(slice(None), *slicer)]
         norm_seg = np.where(mask[None], seg, -1).astype(np.int16)
     del mask
@@ -102,8 +105,20 @@ def _preprocess(data, seg, properties, pm, cm, dataset_json: Mapping, case_id: s
     labels = sorted(foreground_labels(dataset_json).values())
     properties["class_locations"] = pre._sample_foreground_locations(seg, labels, verbose=False)
     boxes = boxes_from_label_map(seg[0], labels=annotated)
+    # the original label map's boxes carried exactly (continuously) through crop and resampling: no quantisation,
+    # and organs too thin to survive resampling keep their box
+    scale = np.asarray(new_shape, np.float64) / np.asarray(properties["shape_after_cropping_and_before_resampling"])
+    lo = np.tile(np.asarray(box[:3], np.float64), 2)
+    exact = {k: ((np.asarray(v, np.float64) - lo) * np.tile(scale, 2)).round(4).tolist()
+             for k, v in exact_before_crop.items()}
+    vanished = sorted(set(exact) - set(boxes))
+    if vanished:
+        print(f"autoorgan: warning: case {case_id}: annotated label(s) {vanished} vanish when the label map is "
+              f"resampled to {[round(float(t), 3) for t in target]} mm (too thin); their boxes are kept (boxes_exact)",
+              file=sys.stderr)
     properties["autoorgan"] = {"case_id": case_id, "annotated_labels": annotated,
-                               "present_labels": sorted(boxes), "boxes": boxes,
+                               "present_labels": sorted(boxes), "boxes": boxes, "boxes_exact": exact,
+                               "vanished_labels": vanished,
                                "spacing_after_resampling": [float(s) for s in target],
                                "box_convention": "array axes after transpose_forward, voxels, edge convention "
                                                  "[lo0,lo1,lo2,hi0,hi1,hi2] (docs/conventions.md)"}
@@ -130,8 +145,13 @@ def preprocess_case_to_disk(case: RawCase, plans: dict, configuration: str, data
         patch = tuple(cm.patch_size)
         blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
         blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
-        nnUNetDatasetBlosc2.save_case(data, seg, props, str(tmp_dir / case.case_id), chunks=chunks, blocks=blocks,
-                                      chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+        try:
+            nnUNetDatasetBlosc2.save_case(data, seg, props, str(tmp_dir / case.case_id), chunks=chunks,
+                                          blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+        except RuntimeError as err:  # blosc2 reports a full disk or a read-only folder this way
+            raise UserError(f"cannot write the preprocessed case {case.case_id} into {out_dir} "
+                            f"({str(err).strip().splitlines()[0] if str(err).strip() else 'write failed'}); is the "
+                            "disk full or the folder read-only?") from None
         for suffix in (".b2nd", "_seg.b2nd", ".pkl"):  # the .pkl last: it marks the case as complete
             os.replace(tmp_dir / f"{case.case_id}{suffix}", out_dir / f"{case.case_id}{suffix}")
     finally:

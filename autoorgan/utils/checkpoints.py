@@ -27,7 +27,11 @@ def _numpy_globals() -> list:
 def atomic_torch_save(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary name beside ``path``, fsync, rename: a kill leaves the old file intact."""
     with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch reports a full disk as "unexpected pos ..." / "failed writing file"
+            raise UserError(f"cannot write checkpoint {path} ({str(err).strip().splitlines()[0]}); is the disk full "
+                            "or the folder read-only? The previous checkpoint is intact") from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
 

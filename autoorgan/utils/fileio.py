@@ -23,12 +23,23 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+def file_mode(path: Path) -> int:
+    """The mode a new version of ``path`` should get: the existing file's, else 0666 minus the process umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def write_json_atomic(obj, path: Path, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON to ``path`` so that readers see either the old or the complete new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode(path))  # mkstemp makes 0600: keep the file readable as any other file would be
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=indent, default=_json_default)
             f.flush()

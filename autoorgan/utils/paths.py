@@ -87,7 +87,8 @@ def find_dataset_name(dataset: str | int, root: Path | None = None) -> str:
     roots = [root] if root is not None else [raw_root(), preprocessed_root()]
     for r in roots:
         if r.is_dir():
-            hits = sorted(p.name for p in r.iterdir() if p.is_dir() and p.name.startswith(f"Dataset{did:03d}_"))
+            hits = sorted(p.name for p in r.iterdir() if p.is_dir() and p.name.startswith(f"Dataset{did:03d}_")
+                          and not p.name.endswith(".partial_write"))  # leftovers of interrupted writes
             if len(hits) > 1:
                 raise UserError(f"more than one folder for dataset {did} in {r}: {', '.join(hits)}; "
                                 "remove or renumber all but one")
@@ -126,10 +127,24 @@ class nnunet_paths:
         return False
 
 
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def safe_component(value: object, what: str) -> str:
+    """``value`` as a single file-name component (letters, digits, '.', '_', '-'; not '.' or '..'), or a one-line
+    UserError: names read from plans, model folders and command lines never reach outside their folder."""
+    text = str(value)
+    if not _COMPONENT_RE.fullmatch(text) or text in (".", ".."):
+        raise UserError(f"{what} {text!r} is not a plain name (letters, digits, '.', '_', '-' only; no folders); "
+                        "fix it")
+    return text
+
+
 def model_folder(dataset_name: str, trainer_name: str, plans_name: str, plans_section: str) -> Path:
     """``$autoorgan_results/DatasetXXX_Name/<trainer>__<plans>__<plans section>`` (nnU-Net's layout). The trainer
     name may only hold letters, digits, '_' and '-' (it becomes a folder name)."""
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", trainer_name or ""):
         raise UserError(f"trainer name {trainer_name!r} may only hold letters, digits, '_' and '-' (it names the "
                         "model folder)")
-    return results_root() / dataset_name / f"{trainer_name}__{plans_name}__{plans_section}"
+    safe_component(plans_name, "plans name")
+    return results_root() / safe_component(dataset_name, "dataset") / f"{trainer_name}__{plans_name}__{plans_section}"
