@@ -168,14 +168,11 @@ class TrainerBase:
             write_json_atomic(self.dataset_json, self.model_folder / "dataset.json")
 
     def log(self, msg: str) -> None:
-        if not self.is_main:
-            return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.output_folder / "training_log.txt", "a") as fh:
-            fh.write(f"{stamp}: {msg}\n")
-        tqdm.write(msg, file=sys.stderr)
+        if self.is_main:
+            with open(self.output_folder / "training_log.txt", "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {msg}\n")
+            tqdm.write(msg, file=sys.stderr)
 
-    # ---- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
         return {"network": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
