@@ -195,4 +195,65 @@ def test_time_budget_stops_after_the_epoch_and_validates(trained_roots):
     fold = _fold(trained_roots, "Budget", 0)
     assert len(_history(fold / "checkpoint_final.pth")["train_loss"]) == 1
     assert (fold / "validation" / "summary.json").is_file()
-    assert "time budget of 0.0001 min reached after epoch 1" in (fold / "training_log.txt").read_text()
+    log = (fold / "training_log.txt").read_text()
+    assert "1 epochs planned" in log and "val mAP" in log
+
+
+class StepClock:
+    """A clock that only moves when a training step runs (1 s per step): timing-dependent behaviour becomes exact."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    @staticmethod
+    def strftime(fmt: str) -> str:
+        return time.strftime(fmt)
+
+
+def _budget_trainer(roots, monkeypatch, clock, epochs: int):
+    from autoorgan.trainers import base
+    from autoorgan.trainers.organdetr import OrganDETRTrainer
+    from autoorgan.training.options import TrainOptions
+    for kind, path in roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    monkeypatch.setattr(base, "time", clock)
+    opt = TrainOptions(epochs=epochs, iters_per_epoch=2, val_every=1000, lr=1e-3, warmup_iters=0, num_workers=0,
+                       max_minutes=0.15, no_val=True)
+    trainer = OrganDETRTrainer(DATASET, 0, opt, "cpu", trainer_name="Anneal")
+    step = trainer.compute_loss
+
+    def timed_step(batch):
+        clock.now += 1.0
+        return step(batch)
+    monkeypatch.setattr(trainer, "compute_loss", timed_step)
+    return trainer
+
+
+def test_time_budget_plans_the_schedule_to_anneal_at_the_deadline(trained_roots, monkeypatch):
+    """--max_minutes times the first epoch (from its second step: the first pays start-up costs) and plans the run
+    so the cosine reaches 0 at the last epoch, before the deadline; the plan is kept in the checkpoint, so continuing
+    keeps the same schedule. A clock that moves 1 s per step makes it exact: 9 s budget, 2 steps of 1 s per epoch,
+    0.45 s reserved (5 %) -> 1 + (7 - 0.45) // 2 = 4 epochs."""
+    from autoorgan.training.schedule import FINAL_RESERVE
+    clock = StepClock()
+    trainer = _budget_trainer(trained_roots, monkeypatch, clock, epochs=500)
+    trainer.run()
+    expected = 1 + int((9 - 2 - FINAL_RESERVE * 9) // 2)
+    h = trainer.history
+    assert trainer.time_planned and trainer.planned_epochs == expected == len(h["train_loss"]) == 4
+    assert h["lr"][0] > 0.9e-3 and h["lr"][-1] < 1e-12      # full rate first, annealed to 0 at the end
+    assert clock.now - 1000.0 == 2 * expected <= 9           # ended by the plan, inside the budget
+    cont = _budget_trainer(trained_roots, monkeypatch, StepClock(), epochs=600)
+    cont.run(continue_training=True)
+    assert cont.planned_epochs == expected and len(cont.history["train_loss"]) == expected
+
+
+def test_epochs_for_budget():
+    from autoorgan.training.schedule import FINAL_RESERVE, epochs_for_budget
+    # 100 s budget, 90 s left after the first epoch, 2 s per epoch: 1 + (90 - 5) // 2
+    assert epochs_for_budget(100.0, 90.0, 2.0, 1, 1000) == 1 + int((90 - FINAL_RESERVE * 100) // 2)
+    assert epochs_for_budget(100.0, 90.0, 2.0, 1, 10) == 10     # capped by --epochs
+    assert epochs_for_budget(100.0, 1.0, 5.0, 1, 10) == 1       # never fewer than done

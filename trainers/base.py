@@ -1,16 +1,9 @@
-"""Thin trainer base shared by the configurations (installed as ``autoorgan.trainers.base``).
-
-The base owns the loop, folders, folds, AdamW with the schedule of :mod:`autoorgan.training.schedule`, checkpoints
-(written atomically, read safely), exact resume (``--c`` restores network, optimizer, scheduler, random states and
-history), logging, ``progress.png``, the device, DistributedDataParallel, and validation through the predictor
-(:mod:`autoorgan.training.validation`). A configuration supplies ``build_loss()``, ``make_training_stream(n)``,
-``collate_fn`` and ``compute_loss(batch)``; its network is the one its registry entry names
-(:mod:`autoorgan.configurations`). Results folder (nnU-Net layout; docs/training.md)::
-
-    $autoorgan_results/DatasetXXX_Name/<TrainerName>__autoorganPlans__<plans section>/
-        plans.json, dataset.json      (copies; the plans name the network trained)
-        fold_F/checkpoint_{latest,best,final}.pth, training_log.txt, progress.png, trainer_options.json,
-              validation/ (summary.json and the validation cases' prediction files, original image frame)
+"""Thin trainer base shared by the configurations (installed as ``autoorgan.trainers.base``): the loop, folders,
+folds, AdamW with the schedule of :mod:`autoorgan.training.schedule` (a time budget plans the epochs so the rate
+anneals at the deadline), checkpoints (atomic, read safely), exact resume (``--c``), logging, ``progress.png``, the
+device, DistributedDataParallel, and validation through the predictor (:mod:`autoorgan.training.validation`). A
+configuration supplies ``build_loss()``, ``make_training_stream(n)``, ``collate_fn`` and ``compute_loss(batch)``; its
+network is the one its registry entry names. Results folder layout: docs/training.md.
 """
 from __future__ import annotations
 
@@ -34,7 +27,7 @@ from autoorgan.inference.predictor import PREDICTOR_CLASSES
 from autoorgan.planning.plans import PLANS_NAME, get_configuration, load_plans
 from autoorgan.training.options import TrainOptions, check_resumable
 from autoorgan.training.progress import plot_progress
-from autoorgan.training.schedule import EpochBatches, lr_factor, make_loader
+from autoorgan.training.schedule import EpochBatches, epochs_for_budget, lr_factor, make_loader
 from autoorgan.training.splits import get_split
 from autoorgan.training.validation import validate
 from autoorgan.utils.checkpoints import (
@@ -86,12 +79,11 @@ class TrainerBase:
         self.batch_size = int(options.batch_size or self.cfg["batch_size"])
         if self.batch_size % self.world:
             raise UserError(f"batch size {self.batch_size} is not divisible by the {self.world} processes")
-        self.epoch = 0
+        self.epoch, self.planned_epochs, self.time_planned = 0, options.epochs, False
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
         self.best = -math.inf
         self.network: nn.Module | None = None
 
-    # ---- hooks -------------------------------------------------------------------------------------------------
     def default_trainer_name(self) -> str:
         return type(self).__name__
 
@@ -121,7 +113,9 @@ class TrainerBase:
 
     def validate(self, final: bool = False) -> dict:
         """Metrics on the fold's validation cases in the original image frame (must contain ``best_metric_key``);
-        ``final``: also write the cases' prediction files and ``validation/summary.json``."""
+        ``final``: also write the cases' prediction files and ``validation/summary.json``. ``--no_val``: none."""
+        if self.opt.no_val:
+            return {}
         predictor = PREDICTOR_CLASSES[self.entry.output](self.model_plans, self.dataset_json, self.section,
                                                          [self.module], self.device)
         folder = self.output_folder / "validation" if final else None
@@ -139,7 +133,6 @@ class TrainerBase:
             self.entry.network
         return plans
 
-    # ---- set-up ------------------------------------------------------------------------------------------------
     @property
     def module(self) -> nn.Module:
         """The network without the DDP wrapper."""
@@ -152,9 +145,10 @@ class TrainerBase:
         seed_everything(self.opt.seed)
         net = self.build_network().to(self.device)
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
-        total = self.opt.epochs * self.opt.iters_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, total, min(self.opt.warmup_iters, total // 10), self.lr_schedule))
+        n_it = self.opt.iters_per_epoch  # the schedule follows planned_epochs (changed once by a time budget)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(
+            it, self.planned_epochs * n_it, min(self.opt.warmup_iters, self.planned_epochs * n_it // 10),
+            self.lr_schedule))
         if self.distributed:
             kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
             net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True, **kw)
@@ -178,7 +172,8 @@ class TrainerBase:
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "history": self.history, "options": asdict(self.opt), "trainer_name": self.trainer_name,
                 "configuration": self.configuration, "plans_section": self.section, "dataset_name": self.dataset_name,
-                "plans_name": self.plans_name, "rng": rng_states()}
+                "plans_name": self.plans_name, "rng": rng_states(), "planned_epochs": self.planned_epochs,
+                "time_planned": self.time_planned}
 
     def save_checkpoint(self, name: str) -> None:
         if self.is_main:
@@ -190,9 +185,10 @@ class TrainerBase:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.best, self.history = ck["epoch"], ck["best"], ck["history"]
+        if ck.get("time_planned"):  # keep the schedule the time budget fixed, so the continued run is exact
+            self.planned_epochs, self.time_planned = min(int(ck["planned_epochs"]), self.opt.epochs), True
         restore_rng_states(ck["rng"])
 
-    # ---- training ----------------------------------------------------------------------------------------------
     def run(self, continue_training: bool = False) -> dict:
         """Train (or continue), then validate; returns the final validation summary."""
         latest = self.output_folder / "checkpoint_latest.pth"
@@ -214,33 +210,33 @@ class TrainerBase:
                  f"{len(self.val_ids)} val cases, batch {self.batch_size}, {self.opt.epochs} epochs x "
                  f"{self.opt.iters_per_epoch} iterations, device {self.device}, {self.world} process(es)")
         summary: dict = {}
-        deadline = time.time() + 60 * self.opt.max_minutes if self.opt.max_minutes else None
-        while self.epoch < self.opt.epochs:
+        start = time.time()
+        deadline = start + 60 * self.opt.max_minutes if self.opt.max_minutes else None
+        while self.epoch < self.planned_epochs:
             summary = self.train_epoch() or summary
-            if deadline is not None and time.time() > deadline and self.epoch < self.opt.epochs:
-                self.log(f"time budget of {self.opt.max_minutes:g} min reached after epoch {self.epoch}; "
-                         "stopping here (the learning rate schedule was planned for all epochs)")
+            if deadline is not None and not self.time_planned:
+                epoch_s = self.iteration_seconds * self.opt.iters_per_epoch
+                self.planned_epochs = epochs_for_budget(deadline - start, deadline - time.time(), epoch_s, self.epoch,
+                                                        self.opt.epochs)
+                self.time_planned = True
+                self.log(f"time budget {self.opt.max_minutes:g} min: {self.planned_epochs} epochs planned at "
+                         f"{epoch_s:.1f} s each, the learning rate anneals to 0 at the last")
+            if deadline is not None and time.time() > deadline and self.epoch < self.planned_epochs:
+                self.log(f"time budget of {self.opt.max_minutes:g} min reached after epoch {self.epoch}; stopping")
                 if self.is_main:
                     summary = self.validate(final=True)
-                    self.log("final validation" + self.record_validation(summary))
+                    self.log("final model" + self.record_validation(summary))
                 break
         if self.is_main:
             atomic_torch_save(self.checkpoint_state(), final)
             latest.unlink(missing_ok=True)
-            if not summary:  # nothing left to train (a finished run continued): validate the final model now
+            if not summary:  # the time plan ended the run, or a finished run was continued: validate it now
                 summary = self.validate(final=True)
+                self.log("final model" + self.record_validation(summary))
+            plot_progress(self.history, self.best_metric_key, self.output_folder / "progress.png")
         if self.distributed:
             torch.distributed.barrier()
         return summary
-
-    def validate_checkpoint(self, name: str = "checkpoint_final.pth") -> dict:
-        """Final validation with a stored checkpoint (``--val_only``)."""
-        path = self.output_folder / name
-        if not path.is_file():
-            raise UserError(f"no {name} in {self.output_folder}; train this fold first")
-        self.initialize()
-        self.load_checkpoint(path)
-        return self.validate(final=True)
 
     def train_epoch(self) -> dict:
         """One epoch; returns the final validation metrics after the last epoch (else an empty dict)."""
@@ -249,9 +245,11 @@ class TrainerBase:
         loader.batch_sampler.epoch = e
         self.network.train()
         t0, losses = time.time(), []
-        bar = tqdm(loader, total=n_it, desc=f"epoch {e + 1}/{self.opt.epochs}", disable=not self.is_main,
+        bar = tqdm(loader, total=n_it, desc=f"epoch {e + 1}/{self.planned_epochs}", disable=not self.is_main,
                    leave=False, file=sys.stderr, dynamic_ncols=True)
-        for batch in bar:
+        for i, batch in enumerate(bar):
+            if i == 1:  # the first iteration pays start-up costs: the steady rate is timed from the second
+                t1 = time.time()
             self.optimizer.zero_grad(set_to_none=True)
             loss, parts = self.compute_loss(batch)
             if not torch.isfinite(loss):
@@ -266,16 +264,17 @@ class TrainerBase:
             losses.append(parts)
             bar.set_postfix(loss=f"{parts['total']:.3f}")
         bar.close()
+        self.iteration_seconds = (time.time() - t1) / (n_it - 1) if n_it > 1 else time.time() - t0
         mean = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]}
         self.epoch += 1
         self.history["epoch"].append(self.epoch)
         self.history["lr"].append(self.optimizer.param_groups[0]["lr"])
         self.history["train_loss"].append(mean)
         self.history["epoch_time"].append(time.time() - t0)
-        msg = (f"epoch {self.epoch}/{self.opt.epochs} loss {mean['total']:.4f} (" +
+        msg = (f"epoch {self.epoch}/{self.planned_epochs} loss {mean['total']:.4f} (" +
                ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "total") +
                f") lr {self.history['lr'][-1]:.2e} {time.time() - t0:.1f} s")
-        last = self.epoch == self.opt.epochs
+        last = self.epoch == self.planned_epochs
         metrics = {}
         if self.is_main and (self.epoch % self.opt.val_every == 0 or last):
             metrics = self.validate(final=last)  # the last epoch's validation is the final one (written once)
@@ -288,6 +287,8 @@ class TrainerBase:
 
     def record_validation(self, metrics: dict) -> str:
         """History, best checkpoint and ``progress.png`` after a validation; returns the log text."""
+        if not metrics:
+            return ""
         value = metrics[self.best_metric_key]
         self.history["val_epoch"].append(self.epoch)
         self.history["val_metric"].append(value)

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of the results folder's trainer part (default: derived from the options)")
     p.add_argument("--val_only", action="store_true",
                    help="only run the final validation with checkpoint_final.pth")
+    p.add_argument("--no_val", action="store_true",
+                   help="no validation during or after training (e.g. when you predict the validation cases "
+                        "yourself); progress.png then shows losses only")
     return p
 
 
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,
-                       max_minutes=args.max_minutes, num_workers=workers, extra=extra)
+                       max_minutes=args.max_minutes, num_workers=workers, no_val=args.no_val, extra=extra)
     fold = args.fold if args.fold == "all" else _int_fold(args.fold)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     trainer = entry.trainer_class()(find_dataset_name(args.dataset), fold, opt, device,
@@ -94,7 +97,12 @@ def run(args: argparse.Namespace) -> dict:
     lock = folder_lock(trainer.output_folder, "training") if trainer.is_main else contextlib.nullcontext()
     with lock:
         if args.val_only:
-            return trainer.validate_checkpoint()
+            path = trainer.output_folder / "checkpoint_final.pth"
+            if not path.is_file():
+                raise UserError(f"no checkpoint_final.pth in {trainer.output_folder}; train this fold first")
+            trainer.initialize()
+            trainer.load_checkpoint(path)
+            return trainer.validate(final=True)
         return trainer.run(continue_training=args.c)
 
 

@@ -23,10 +23,11 @@ class TrainOptions:
     batch_size: int | None = None   # None: from the plans
     max_minutes: float | None = None  # stop after the first epoch that ends past this wall-clock budget
     num_workers: int = 2
+    no_val: bool = False            # skip validation (interim and final), e.g. when predicting separately
     extra: dict = field(default_factory=dict)  # configuration-specific (e.g. matcher)
 
     # options that may differ when continuing a run (length, hardware)
-    RESUMABLE_CHANGES = ("epochs", "num_workers", "val_every", "max_minutes")
+    RESUMABLE_CHANGES = ("epochs", "num_workers", "val_every", "max_minutes", "no_val")
 
 
 def check_resumable(options: TrainOptions, output_folder: Path) -> None:
