@@ -59,5 +59,10 @@ def test_predict_ccq_label_maps_and_evaluate(ccq_roots, learned, tmp_path):
     res = run_cli("autoorgan_evaluate", "-ref", str(raw / "labelsTs"), "-pred", str(out), "-d", "930",
                   env_roots=ccq_roots)
     assert res.returncode == 0, res.stderr
-    masks = json.loads((out / "summary.json").read_text())["masks"]
+    summary = json.loads((out / "summary.json").read_text())
+    masks = summary["masks"]
     assert masks["mean_Dice"] >= CCQ.min_mean, masks["per_class"]
+    # boxes from the masks (largest component per organ), scored by the same evaluation as Organ-DETR's
+    record = json.loads(next(out.glob("*_boxes.json")).read_text())
+    assert record["organs"] and all(0 < o["score"] <= 1 for o in record["organs"])
+    assert summary["boxes"]["AP10"] >= summary["boxes"]["AP50"] > 0.2, summary["boxes"]

@@ -111,7 +111,9 @@ def test_golden_label_map(golden_roots, tmp_path):
     path = next(out.glob("*.nii.gz"))
     image = sitk.ReadImage(str(path))
     arr = sitk.GetArrayFromImage(image)
+    boxes = json.loads(next(out.glob("*_boxes.json")).read_text())["organs"]
     got = {"case": path.name, "shape": list(arr.shape), "spacing_itk": list(image.GetSpacing()),
+           "boxes": {o["name"]: o["box_voxel"] for o in boxes},
            "labels": {str(v): {"voxels": int((arr == v).sum()),
                                "centroid": np.argwhere(arr == v).mean(0).round(3).tolist()}
                       for v in np.unique(arr) if v}}
@@ -119,7 +121,9 @@ def test_golden_label_map(golden_roots, tmp_path):
     def check(want, got):
         assert got["case"] == want["case"] and got["shape"] == want["shape"]
         np.testing.assert_allclose(got["spacing_itk"], want["spacing_itk"], rtol=1e-6)
-        assert set(got["labels"]) == set(want["labels"])
+        assert set(got["labels"]) == set(want["labels"]) and set(got["boxes"]) == set(want["boxes"])
+        for name, box in want["boxes"].items():       # largest component: whole voxels, one of slack per edge
+            np.testing.assert_allclose(got["boxes"][name], box, atol=1, err_msg=name)
         for v, w in want["labels"].items():
             g = got["labels"][v]
             assert abs(g["voxels"] - w["voxels"]) <= max(2, COUNT_RTOL * w["voxels"]), (v, g, w)

@@ -67,6 +67,19 @@ def class_ious(cases: list[CaseDetections], cls: int) -> tuple[np.ndarray, np.nd
     return np.asarray(scores, np.float64), np.asarray(ious, np.float64), n_ref
 
 
+def mean_iou(cases: list[CaseDetections], cls: int) -> float:
+    """Mean IoU of the predicted box with the reference over the cases that annotate ``cls`` and hold it (a missing
+    prediction counts 0); NaN when no case holds it."""
+    values = []
+    for case in cases:
+        ref = case.reference.get(cls)
+        if ref is None or (case.annotated is not None and cls not in case.annotated):
+            continue
+        pred = case.predicted.get(cls)
+        values.append(float(box_iou(np.asarray(pred[0])[None], np.asarray(ref)[None])[0, 0]) if pred else 0.0)
+    return float(np.mean(values)) if values else float("nan")
+
+
 def detection_metrics(cases: list[CaseDetections], classes: dict[int, str]) -> dict:
     """Metrics over ``cases`` for ``classes`` ``{class id: name}``; see the module docstring."""
     thresholds = np.unique(np.concatenate([COCO_IOUS, NNDET_IOUS]))  # includes 0.1
@@ -92,6 +105,7 @@ def detection_metrics(cases: list[CaseDetections], classes: dict[int, str]) -> d
     for ci, (cls, name) in enumerate(classes.items()):
         out["per_class"][name] = {"label": cls, "AP": mean(ap[ci, coco]), "AR": mean(rec[ci, coco]),
                                   "AP50": mean(ap[ci, cols([0.5])]), "AP75": mean(ap[ci, cols([0.75])]),
-                                  "num_reference": n_refs[cls]}
+                                  "mean_IoU": mean_iou(cases, cls), "num_reference": n_refs[cls]}
+    out["mean_IoU"] = mean(np.asarray([v["mean_IoU"] for v in out["per_class"].values()], np.float64))
     out["num_cases"] = len(cases)
     return out

@@ -217,10 +217,10 @@ def format_table(summary: dict) -> str:
         lines.append(f"boxes ({b['num_cases']} cases): mAP {b['mAP']:.3f}  mAR {b['mAR']:.3f}  AP10 {b['AP10']:.3f}  "
                      f"AP50 {b['AP50']:.3f}  AP75 {b['AP75']:.3f}  mAP.10:.50 {b['mAP_10_50']:.3f}  "
                      f"centre {b['centre_distance_mm_mean']:.1f} mm")
-        lines.append(f"  {'organ':<20}{'n':>5}{'AP':>8}{'AP50':>8}{'AP75':>8}{'AR':>8}{'centre mm':>11}")
+        lines.append(f"  {'organ':<20}{'n':>5}{'AP':>8}{'AP50':>8}{'AP75':>8}{'AR':>8}{'IoU':>8}{'centre mm':>11}")
         for name, v in b["per_class"].items():
             lines.append(f"  {name:<20}{v['num_reference']:>5}{v['AP']:>8.3f}{v['AP50']:>8.3f}{v['AP75']:>8.3f}"
-                         f"{v['AR']:>8.3f}{v['centre_distance_mm_mean']:>11.1f}")
+                         f"{v['AR']:>8.3f}{v['mean_IoU']:>8.3f}{v['centre_distance_mm_mean']:>11.1f}")
     if "masks" in summary:
         m = summary["masks"]
         lines.append(f"masks: mean Dice {m['mean_Dice']:.3f}  mean HD95 {m['mean_HD95']:.1f} mm")

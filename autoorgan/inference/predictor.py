@@ -191,10 +191,22 @@ class OrganDETRPredictor(Predictor):
         return record
 
 
+@dataclass
+class Segmentation:
+    """A segmentation prediction in the original image frame: the label map ``[n0, n1, n2]`` and, per organ
+    present, the box of its largest connected component with the mean probability there
+    (:mod:`autoorgan.inference.mask_boxes`)."""
+
+    labels: np.ndarray
+    organs: Organs
+
+
 class SegmentationPredictor(Predictor):
     """Label maps (``CASE<file_ending>`` on the input image's grid) from ccq or dodnet networks: sliding window over
     the preprocessed scan, per-class probabilities averaged over networks, classes combined (highest probability
-    above the plans' threshold), then resampled (nnU-Net's label resampling), un-cropped and un-transposed."""
+    above the plans' threshold), then resampled (nnU-Net's label resampling), un-cropped and un-transposed. Every
+    organ also gets a box (``CASE_boxes.json``, Slicer markups): its largest component's, scored by the mean
+    probability over it, so segmentation models are detectors scored like Organ-DETR."""
 
     output = "masks"
 
@@ -209,9 +221,10 @@ class SegmentationPredictor(Predictor):
     def done_suffix(self) -> str:
         return self.dataset_json["file_ending"]
 
-    def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[np.ndarray, Geometry | None]:
+    def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Segmentation, Geometry | None]:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+        from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores
         from autoorgan.inference.segment import combine_classes
         from autoorgan.inference.sliding import sliding_window_probs
         with eval_mode(self.networks):
@@ -224,15 +237,21 @@ class SegmentationPredictor(Predictor):
         back = np.asarray(resample(labels, crop_shape, self.cfg["spacing"], spacing))[0]
         full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
         full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
-        return full.transpose(self.plans["transpose_backward"]), \
-            geometry_from_props(props, self.plans["transpose_backward"])
+        full = full.transpose(self.plans["transpose_backward"])
+        scores = component_scores(labels[0], probs, self.label_values)
+        organs = {lab: (np.asarray(box, np.float64), scores.get(lab, 0.0))
+                  for lab, box in boxes_from_label_map(full, self.label_values).items()}
+        return Segmentation(full, organs), geometry_from_props(props, self.plans["transpose_backward"])
 
-    def write_case(self, case_id: str, prediction: np.ndarray, geometry: Geometry, out_dir: Path, image0=None,
+    def write_case(self, case_id: str, prediction: Segmentation, geometry: Geometry, out_dir: Path, image0=None,
                    save_box_masks: bool = False) -> dict:
         if save_box_masks or image0 is not None:
             raise UserError("--save_box_masks and --save_png are for boxes (organdetr) only")
-        write_image_atomic(prediction, geometry, out_dir / f"{case_id}{self.done_suffix}")
-        return {"case_id": case_id, "labels_present": sorted(int(v) for v in np.unique(prediction) if v)}
+        record = case_box_record(case_id, prediction.organs, self.label_names, geometry)
+        write_json_atomic(slicer_markups(record), out_dir / f"{case_id}.mrk.json")
+        write_json_atomic(record, out_dir / f"{case_id}_boxes.json")
+        write_image_atomic(prediction.labels, geometry, out_dir / f"{case_id}{self.done_suffix}")  # last: done
+        return {"case_id": case_id, "labels_present": sorted(prediction.organs)}
 
 
 PREDICTOR_CLASSES = {"boxes": OrganDETRPredictor, "masks": SegmentationPredictor}

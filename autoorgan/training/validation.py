@@ -58,7 +58,7 @@ def validate(predictor, data_folder: Path, case_ids: Sequence[str], preprocessed
             ref_boxes = {k: np.asarray(v, np.float64) for k, v in boxes_from_label_map(ref, names).items()}
             det_cases.append(CaseDetections(ref_boxes, prediction, annotated, ident))
         else:
-            mask_cases[ident] = case_mask_metrics(ref, prediction, sorted(names), ref_geo.spacing_array_order,
+            mask_cases[ident] = case_mask_metrics(ref, prediction.labels, sorted(names), ref_geo.spacing_array_order,
                                                   annotated, with_hd95=False)
     if output_folder is not None:
         gt = Path(preprocessed_dataset_folder) / GT_FOLDER
