@@ -48,6 +48,10 @@ CONFIGURATIONS: dict[str, Configuration] = {c.name: c for c in (
                   "CCQ: partially labeled multi-organ segmentation with class-conditioned queries"),
     Configuration("dodnet", "ccq", "autoorgan.trainers.ccq:DoDNetTrainer", "autoorgan.networks.ccq.DoDNet", "masks",
                   "DoDNet baseline of the CCQ paper (dynamic head), on the ccq plans"),
+    Configuration("masked_sigmoid", "ccq", "autoorgan.trainers.ccq:MaskedSigmoidTrainer",
+                  "autoorgan.networks.unet.SigmoidUNet", "masks",
+                  "masked-sigmoid baseline (MultiTalent-style): nnU-Net's plain U-Net, one sigmoid output per class, "
+                  "the loss only on annotated classes; on the ccq plans"),
 )}
 
 # plans sections and the planner that writes each (plans written by autoorgan_plan_experiment -c SECTION)
@@ -61,7 +65,8 @@ PREDICTORS = {"boxes": "autoorgan.inference.predictor:OrganDETRPredictor",
 # every network a plans file may name (architecture.network_class_name) -> "module:Class"
 NETWORKS = {"autoorgan.networks.organdetr.OrganDETR": "autoorgan.networks.organdetr:OrganDETR",
             "autoorgan.networks.ccq.CCQ": "autoorgan.networks.ccq:CCQ",
-            "autoorgan.networks.ccq.DoDNet": "autoorgan.networks.ccq:DoDNet"}
+            "autoorgan.networks.ccq.DoDNet": "autoorgan.networks.ccq:DoDNet",
+            "autoorgan.networks.unet.SigmoidUNet": "autoorgan.networks.unet:SigmoidUNet"}
 
 
 def load_class(spec: str) -> Any:

@@ -46,12 +46,19 @@ def test_perfect_prediction_has_small_loss():
     assert partial_dice_bce(good, targets, ann)[0] < 1e-3 < partial_dice_bce(bad, targets, ann)[0]
 
 
-@pytest.mark.parametrize("name", ["ccq", "dodnet"])
+def _net(name: str, classes: int):
+    from autoorgan.networks.ccq import CCQ, DoDNet
+    from autoorgan.networks.unet import SigmoidUNet
+    if name == "ccq":
+        return CCQ(1, classes, ARCH, PATCH, num_queries=6, hidden_dim=16, num_heads=2)
+    return DoDNet(1, classes, ARCH) if name == "dodnet" else SigmoidUNet(1, classes, ARCH)
+
+
+@pytest.mark.parametrize("name", ["ccq", "dodnet", "masked_sigmoid"])
 @pytest.mark.parametrize("shape", [PATCH, (16, 32, 16)])
 def test_networks_run_at_planned_and_other_sizes(name, shape):
-    from autoorgan.networks.ccq import CCQ, DoDNet
     torch.manual_seed(0)
-    net = CCQ(1, 5, ARCH, PATCH, num_queries=6, hidden_dim=16, num_heads=2) if name == "ccq" else DoDNet(1, 5, ARCH)
+    net = _net(name, 5)
     x = torch.randn(2, 1, *shape)
     out = net(x, torch.tensor([0, 3]))
     assert out.shape == (2, 2, *shape)
@@ -60,7 +67,9 @@ def test_networks_run_at_planned_and_other_sizes(name, shape):
     assert torch.allclose(full[:, [0, 3]], out, atol=1e-5)  # a class's map does not depend on the others asked
     assert not torch.allclose(full[:, 0], full[:, 1])        # classes are conditioned differently
     full.sum().backward()
-    assert all(p.grad is not None for n, p in net.named_parameters() if "task_tokens" not in n)
+    last_head = f"seg_layers.{len(ARCH['features_per_stage']) - 2}."   # the U-Net's deep-supervision heads are unused
+    assert all(p.grad is not None for n, p in net.named_parameters()
+               if "task_tokens" not in n and ("seg_layers" not in n or last_head in n))
 
 
 def test_ccq_class_token_steers_queries_when_residual_stream_grows():
@@ -117,14 +126,12 @@ def test_combine_classes_into_one_label_map():
     assert out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("name", ["ccq", "dodnet"])
+@pytest.mark.parametrize("name", ["ccq", "dodnet", "masked_sigmoid"])
 def test_per_image_classes_match_shared_classes(name):
     """Training asks each image for its own classes ([B, K]); every (image, class) map must equal the one the
     network gives when that image is asked for that class alone."""
-    from autoorgan.networks.ccq import CCQ, DoDNet
     torch.manual_seed(0)
-    net = (CCQ(1, 4, ARCH, PATCH, num_queries=4, hidden_dim=16, num_heads=2) if name == "ccq"
-           else DoDNet(1, 4, ARCH)).eval()
+    net = _net(name, 4).eval()
     x = torch.randn(2, 1, *PATCH)
     classes = torch.tensor([[3, 0], [1, 1]])
     with torch.no_grad():
@@ -161,3 +168,19 @@ def test_choose_classes_trains_annotated_classes_only():
     assert t.shape == (2, 2, 2, 2)
     assert t[0, 0].tolist() == [[0, 0], [1, 0]] and t[0, 1].tolist() == [[1, 0], [0, 0]]
     assert t[1, 0].tolist() == [[1, 1], [0, 0]] and t[1, 1].sum() == 0
+
+
+def test_masked_sigmoid_unannotated_class_gets_no_gradient():
+    """The masked-sigmoid U-Net with the partial loss: a class no case of the batch annotates leaves its output
+    channel untouched (zero gradient on its 1x1x1 weights), the annotated ones learn."""
+    from autoorgan.losses.partial_sigmoid import partial_dice_bce
+    from autoorgan.networks.unet import SigmoidUNet
+    torch.manual_seed(0)
+    net = SigmoidUNet(1, 3, ARCH)
+    x = torch.randn(2, 1, *PATCH)
+    targets = (torch.rand(2, 3, *PATCH) > 0.8).float()
+    annotated = torch.tensor([[True, False, True], [True, False, False]])
+    loss, _ = partial_dice_bce(net(x), targets, annotated)
+    loss.backward()
+    head = net.unet.decoder.seg_layers[-1].weight.grad.flatten(1).abs().sum(1)   # [3]
+    assert head[1] == 0 and head[0] > 0 and head[2] > 0

@@ -69,3 +69,11 @@ class DoDNetTrainer(CCQTrainer):
 
     configuration = "dodnet"   # on the ccq plans and preprocessed data (registry)
     all_classes_in_training = True
+
+
+class MaskedSigmoidTrainer(CCQTrainer):
+    """The masked-sigmoid baseline (nnU-Net's plain U-Net, one sigmoid output per class), same data, loss and
+    schedule; every patch trains all of its case's annotated classes (the network computes them all anyway)."""
+
+    configuration = "masked_sigmoid"
+    all_classes_in_training = True
