@@ -11,6 +11,10 @@ from autoorgan.dataset.raw import annotated_labels, annotation_sets, foreground_
 from autoorgan.planners.base import AutoOrganPlannerBase
 
 NUM_CLASS_QUERIES = 32  # CCQ paper, N_q
+# CPU plan (-device cpu, or no GPU visible): nnU-Net's planner with narrower stages and a smaller memory budget, so a
+# training step of batch 2 takes about a second on 2 cores instead of a minute (nnU-Net's GPU plan: width 32-320,
+# 8 GB; on OpenKBP patch 128x112x64, batch 6)
+CPU_BASE_FEATURES, CPU_MAX_FEATURES, CPU_MEMORY_TARGET_GB = 8, 128, 0.25
 TRAIN_CLASSES_PER_PATCH = 2  # classes decoded per training patch (one present in it + one other annotated)
 
 
@@ -32,6 +36,10 @@ class CCQPlanner(AutoOrganPlannerBase):
         return out
 
     def plan_configuration(self, data_identifier: str) -> dict:
+        on_cpu = self.device != "cuda"
+        if on_cpu:
+            self.UNet_base_num_features, self.UNet_max_features_3d = CPU_BASE_FEATURES, CPU_MAX_FEATURES
+            self.UNet_vram_target_GB = float(self.options.get("cpu_memory_target_in_gb", CPU_MEMORY_TARGET_GB))
         spacing = self.fullres_spacing_transposed()
         median_shape = self.median_shape_at(spacing)
         n_vox = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
@@ -41,6 +49,7 @@ class CCQPlanner(AutoOrganPlannerBase):
         # nnU-Net's U-Net topology (arch_kwargs) is the encoder/decoder; the network built is CCQ (DoDNet's trainer
         # writes its own name into its model folder's plans)
         plan["architecture"]["network_class_name"] = "autoorgan.networks.ccq.CCQ"
+        plan["planned_for"] = "cpu" if on_cpu else "cuda"
         plan["ccq"] = {"num_class_queries": NUM_CLASS_QUERIES, "members": members,
                        "classes": list(foreground_labels(self.dataset_json)),
                        "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH,
@@ -48,8 +57,11 @@ class CCQPlanner(AutoOrganPlannerBase):
         plan["_why"] = {
             "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
                        "anisotropic axis)",
-            "patch_size": f"nnU-Net 3d_fullres patch size for a {self.UNet_vram_target_GB} GB memory target and "
-                          f"median shape {median_shape.tolist()} at that spacing",
+            "patch_size": f"nnU-Net 3d_fullres patch size for a {self.UNet_vram_target_GB:g} GB memory target and "
+                          f"median shape {median_shape.tolist()} at that spacing" +
+                          (f" (CPU plan: stage widths {CPU_BASE_FEATURES}-{CPU_MAX_FEATURES} instead of 32-320 and "
+                           "a small budget, so that a training step of batch 2 takes about a second on 2 CPU cores; "
+                           "plan with -device cuda for a GPU)" if on_cpu else ""),
             "batch_size": "nnU-Net 3d_fullres batch size (memory target, at most 5% of the dataset per step)",
             "num_class_queries": "CCQ paper: N_q = 32 learned semantic concepts",
             "members": f"{len(members)} group(s) of cases by annotated labels; each case's loss uses only its "
