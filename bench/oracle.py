@@ -18,6 +18,12 @@ import json
 import numpy as np
 
 
+def _scored(pred: dict, ref: dict) -> dict:
+    """Each predicted box scored by its IoU with the reference: perfect ranking."""
+    from autoorgan.boxes import box_iou
+    return {k: (b, float(box_iou(b[None], ref[k][None])[0, 0]) if k in ref else 0.0) for k, b in pred.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-d", required=True)
@@ -61,11 +67,8 @@ def main() -> None:
         e = {int(k): preprocessed_to_original(np.asarray(v), props, data.shape[1:], tb)
              for k, v in props["autoorgan"].get("boxes_exact", {}).items()}
 
-        def scored(pred):
-            from autoorgan.boxes import box_iou
-            return {k: (b, float(box_iou(b[None], ref[k][None])[0, 0]) if k in ref else 0.0) for k, b in pred.items()}
-        quantised.append(CaseDetections(ref, scored(q), annotated, ident))
-        exact.append(CaseDetections(ref, scored(e), annotated, ident))
+        quantised.append(CaseDetections(ref, _scored(q, ref), annotated, ident))
+        exact.append(CaseDetections(ref, _scored(e, ref), annotated, ident))
     print(f"{name}, {args.c} plan: spacing {cfg['spacing']} mm, input {shape}, {len(ids)} cases")
     for what, cs in (("training targets (quantised at the input resolution)", quantised),
                      ("exact targets (boxes_exact)", exact)):
