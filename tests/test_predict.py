@@ -235,7 +235,7 @@ def test_a_bad_case_does_not_stop_the_others(model_roots, tmp_path):
                   env_roots=model_roots)
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
-    assert "case broken failed: cannot read" in res.stderr
+    assert "case broken failed: broken_0000.nii.gz is damaged" in res.stderr
     assert "case twochan failed" in res.stderr and "expects 1 channel" in res.stderr
     assert "case emptydicom failed: no DICOM series" in res.stderr
     assert "3 of 5 case(s) failed" in res.stderr

@@ -1,7 +1,6 @@
-"""Thin trainer base shared by the configurations (installed as ``autoorgan.trainers.base``): the loop, folders,
-folds, AdamW with the schedule of :mod:`autoorgan.training.schedule` (a time budget plans the epochs so the rate
-anneals at the deadline), checkpoints (atomic, read safely), exact resume (``--c``), logging, ``progress.png``, the
-device, DistributedDataParallel, and validation through the predictor (:mod:`autoorgan.training.validation`). A
+"""Thin trainer base (installed as ``autoorgan.trainers.base``): the loop, folders, folds, AdamW with the schedule of
+:mod:`autoorgan.training.schedule` (a time budget plans the epochs so the rate anneals at the deadline), checkpoints,
+exact resume (``--c``), logging, ``progress.png``, the device, DDP, and validation through the predictor. A
 configuration supplies ``build_loss()``, ``make_training_stream(n)``, ``collate_fn`` and ``compute_loss(batch)``; its
 network is the one its registry entry names. Results folder layout: docs/training.md.
 """
@@ -94,6 +93,9 @@ class TrainerBase:
     def build_loss(self):
         raise NotImplementedError
 
+    def param_groups(self, net: nn.Module) -> list[dict]:  # optimizer parameter groups (one by default)
+        return [{"params": list(net.parameters())}]
+
     def make_training_stream(self, num_samples: int) -> torch.utils.data.Dataset:
         """The run's samples by global index ``0 .. num_samples - 1`` (each a pure function of seed and index)."""
         raise NotImplementedError
@@ -134,8 +136,7 @@ class TrainerBase:
         return plans
 
     @property
-    def module(self) -> nn.Module:
-        """The network without the DDP wrapper."""
+    def module(self) -> nn.Module:  # the network without the DDP wrapper
         return self.network.module if hasattr(self.network, "module") else self.network
 
     def initialize(self) -> None:
@@ -144,14 +145,14 @@ class TrainerBase:
             torch.distributed.init_process_group(backend)
         seed_everything(self.opt.seed)
         net = self.build_network().to(self.device)
-        self.optimizer = torch.optim.AdamW(net.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
         n_it = self.opt.iters_per_epoch  # the schedule follows planned_epochs (changed once by a time budget)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(
             it, self.planned_epochs * n_it, min(self.opt.warmup_iters, self.planned_epochs * n_it // 10),
             self.lr_schedule))
         if self.distributed:
-            kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-            net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True, **kw)
+            net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True, device_ids=(
+                [self.device.index] if self.device.type == "cuda" else None))
         self.network = net
         self.loss = self.build_loss()
         if self.is_main:
@@ -191,8 +192,7 @@ class TrainerBase:
 
     def run(self, continue_training: bool = False) -> dict:
         """Train (or continue), then validate; returns the final validation summary."""
-        latest = self.output_folder / "checkpoint_latest.pth"
-        final = self.output_folder / "checkpoint_final.pth"
+        latest, final = (self.output_folder / f"checkpoint_{n}.pth" for n in ("latest", "final"))
         if not continue_training and (latest.is_file() or final.is_file()):
             raise UserError(f"{self.output_folder} already holds a training run; continue it with --c or delete "
                             "the folder")
@@ -267,10 +267,9 @@ class TrainerBase:
         self.iteration_seconds = (time.time() - t1) / (n_it - 1) if n_it > 1 else time.time() - t0
         mean = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]}
         self.epoch += 1
-        self.history["epoch"].append(self.epoch)
-        self.history["lr"].append(self.optimizer.param_groups[0]["lr"])
-        self.history["train_loss"].append(mean)
-        self.history["epoch_time"].append(time.time() - t0)
+        for key, value in (("epoch", self.epoch), ("lr", self.optimizer.param_groups[0]["lr"]), ("train_loss", mean),
+                           ("epoch_time", time.time() - t0)):
+            self.history[key].append(value)
         msg = (f"epoch {self.epoch}/{self.planned_epochs} loss {mean['total']:.4f} (" +
                ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "total") +
                f") lr {self.history['lr'][-1]:.2e} {time.time() - t0:.1f} s")

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="organdetr: query matching (default from the plans: dqm)")
     p.add_argument("--no_seg_loss", action="store_true",
                    help="organdetr: drop the multi-scale segmentation loss (paper ablation)")
+    p.add_argument("--recipe", choices=("default", "paper"), default=None,
+                   help="organdetr: 'paper' reproduces the paper's set-up (quantised targets, per-axis fit, rotation, "
+                        "one learning rate, the paper's heads and dropout); default: docs/training.md")
     p.add_argument("-tr", dest="trainer_name", default=None,
                    help="name of the results folder's trainer part (default: derived from the options)")
     p.add_argument("--val_only", action="store_true",
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> dict:
         extra["matcher"] = args.matcher
     if args.no_seg_loss:
         extra["seg_loss"] = False
+    if args.recipe:
+        extra["recipe"] = args.recipe
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,

@@ -42,12 +42,12 @@ def fuse_detections(runs: Sequence[Detections]) -> Detections:
 
 @torch.no_grad()
 def detect_case(model: torch.nn.Module, image: np.ndarray | torch.Tensor, input_shape: tuple[int, ...],
-                device: torch.device, mirror_axes: Sequence[int] = ()) -> Detections:
+                device: torch.device, mirror_axes: Sequence[int] = (), isotropic: bool = True) -> Detections:
     """``image [C, n0, n1, n2]`` (preprocessed) -> ``{organ class (0-based): (voxel box [6] in the preprocessed
     case frame, clipped to the case, score)}``; ``mirror_axes``: test-time mirroring along these array axes
-    (0, 1, 2)."""
+    (0, 1, 2); ``isotropic``: how over-size cases are fitted (as the model was trained; plans ``organdetr.fit``)."""
     image = torch.as_tensor(np.asarray(image, dtype=np.float32))
-    fitted, _, fit = fit_to_input(image, None, tuple(input_shape))
+    fitted, _, fit = fit_to_input(image, None, tuple(input_shape), isotropic=isotropic)
     x = fitted[None].to(device)
     runs = []
     for axis in (None, *mirror_axes):

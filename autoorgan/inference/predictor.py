@@ -164,11 +164,14 @@ class OrganDETRPredictor(Predictor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
+        # how the trainer fitted over-size cases (model folders from before the key: per axis, as they trained)
+        self.isotropic = self.cfg.get("organdetr", {}).get("fit", "per_axis") == "isotropic"
 
     def detect_preprocessed(self, data: np.ndarray) -> Detections:
         """Preprocessed ``data [C, n0, n1, n2]`` -> fused detections (preprocessed frame, classes 0-based)."""
         with eval_mode(self.networks):
-            runs = [detect_case(net, data, self.input_shape, self.device, self.mirror_axes) for net in self.networks]
+            runs = [detect_case(net, data, self.input_shape, self.device, self.mirror_axes, self.isotropic)
+                    for net in self.networks]
         return fuse_detections(runs)
 
     def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Organs, Geometry | None]:

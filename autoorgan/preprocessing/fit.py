@@ -13,14 +13,19 @@ from autoorgan.boxes.frames import FitTransform
 
 
 def fit_to_input(image: torch.Tensor, labels: torch.Tensor | None, input_shape: tuple[int, ...],
-                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None, FitTransform]:
+                 rng: np.random.Generator | None = None, isotropic: bool = True, zoom: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, FitTransform]:
     """``image [C, n0, n1, n2]`` float, ``labels [n0, n1, n2]`` int or None -> both at ``input_shape`` and the
-    mapping. ``rng`` given: random pad offsets (training); else centred."""
+    mapping. ``rng`` given: random pad offsets (training); else centred. ``isotropic``: a case larger than the input
+    is scaled by one factor on every axis (anatomy keeps its proportions; the paper recipe squeezed each axis on its
+    own). ``zoom`` (training augmentation): the case is scaled by this factor too, as far as it still fits."""
     shape = np.asarray(image.shape[1:])
     target = np.asarray(input_shape)
     scale = np.minimum(1.0, target / shape)
-    if (scale < 1).any():
-        new = tuple(int(v) for v in np.minimum(target, np.round(shape * scale)))
+    if isotropic:
+        scale = np.full(3, min(float(scale.min()) * zoom, float((target / shape).min())))
+    if (scale != 1).any():
+        new = tuple(int(v) for v in np.clip(np.round(shape * scale), 1, target))
         image = F.interpolate(image[None], size=new, mode="trilinear", align_corners=False)[0]
         if labels is not None:
             labels = F.interpolate(labels[None, None].float(), size=new, mode="nearest-exact")[0, 0].to(labels.dtype)

@@ -168,7 +168,8 @@ def preprocessing_stamp(plans: dict, configuration: str) -> dict:
     cfg = plans["configurations"][configuration]
     keys = ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data",
             "resampling_fn_data_kwargs", "resampling_fn_seg", "resampling_fn_seg_kwargs")
-    return {"data_identifier": cfg["data_identifier"], "transpose_forward": plans["transpose_forward"],
+    return {"format": 2,  # 2: properties hold boxes_exact (older folders are preprocessed again)
+            "data_identifier": cfg["data_identifier"], "transpose_forward": plans["transpose_forward"],
             "foreground_intensity_properties_per_channel": plans["foreground_intensity_properties_per_channel"],
             **{k: cfg[k] for k in keys}}
 
