@@ -69,7 +69,9 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_train":  # child: a broken training run
         _patch(sys.argv[2])
         from autoorgan.cli.train import main as train_main
-        sys.argv = ["autoorgan_train", *sys.argv[3:]]
+        # data loader workers are spawned and would not see the patch: load in this process (every sample is a pure
+        # function of seed and index, so the data are the same)
+        sys.argv = ["autoorgan_train", *sys.argv[3:], "-num_workers", "0"]
         train_main()
         return
     import learning_checks as lc

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,33 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
+
+
+class LearningRuns:
+    """The three learning checks' trainings (organdetr on the phantom, ccq and dodnet on the partial phantom),
+    started on first use, two at a time with one OpenMP thread each: ccq (the longest) on one core, dodnet then
+    organdetr on the other (the figures do not depend on it: bench/learning_checks.py). ``get(name)`` waits for one and returns
+    ``(roots, process, metrics)``; trainer folders are named ``Check_<name>``."""
+
+    def __init__(self, base: Path):
+        import learning_checks as lc
+        self.roots = {"organdetr": lc.roots_under(base / "detection"), "ccq": lc.roots_under(base / "partial")}
+        self.roots["dodnet"] = self.roots["ccq"]
+        for name in ("organdetr", "ccq"):
+            lc.prepare(lc.CHECKS[name], self.roots[name])
+        self.pool = ThreadPoolExecutor(2)
+        self.runs = {name: self.pool.submit(lc.train, lc.CHECKS[name], self.roots[name], f"Check_{name}", threads=1)
+                     for name in ("ccq", "dodnet", "organdetr")}
+
+    def get(self, name: str):
+        return (self.roots[name], *self.runs[name].result())
+
+
+@pytest.fixture(scope="session")
+def learning_runs(tmp_path_factory):
+    runs = LearningRuns(tmp_path_factory.mktemp("learning"))
+    yield runs
+    runs.pool.shutdown(wait=True)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,21 +14,18 @@ DATASET = CCQ.dataset
 
 
 @pytest.fixture(scope="module")
-def ccq_roots(tmp_path_factory):
-    roots = lc.roots_under(tmp_path_factory.mktemp("ccq"))
-    lc.prepare(CCQ, roots)
+def ccq_roots(learning_runs):
+    """The partial phantom's roots (ccq and dodnet are trained on it side by side with the organdetr check, one
+    OpenMP thread each: conftest.LearningRuns; the thresholds hold for 1 and 2 threads: bench/learning_checks.py)."""
+    roots = learning_runs.roots["ccq"]
     plans = json.loads((roots["preprocessed"] / DATASET / "autoorganPlans.json").read_text())
     assert plans["configurations"]["ccq"]["ccq"]["train_classes_per_patch"] == 2  # the planner's default is trained
     return roots
 
 
 @pytest.fixture(scope="module")
-def learned(ccq_roots):
-    """CCQ and DoDNet trained side by side, one OpenMP thread each (the thresholds hold for 1 and 2 threads:
-    bench/learning_checks.py)."""
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda c: lc.train(c, ccq_roots, f"Check_{c.name}", threads=1), (CCQ, DODNET)))
-    return dict(zip(("ccq", "dodnet"), runs))
+def learned(learning_runs):
+    return {name: learning_runs.get(name)[1:] for name in ("ccq", "dodnet")}
 
 
 @pytest.mark.parametrize("name", ["ccq", "dodnet"])

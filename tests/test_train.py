@@ -38,16 +38,17 @@ def _fold(roots, trainer="OrganDETRTrainer", fold="all"):
     return roots["results"] / DATASET / f"{trainer}__autoorganPlans__organdetr" / f"fold_{fold}"
 
 
-def test_learning_check_reaches_map50(trained_roots):
-    """A fixed number of iterations on the CPU must give validation AP50 that an untrained network cannot."""
-    res, metrics = lc.train(CHECK, trained_roots, "LearningCheck", threads=2)
+def test_learning_check_reaches_map50(learning_runs):
+    """A fixed number of iterations on the CPU must give validation AP50 that an untrained network cannot (trained
+    beside the ccq/dodnet checks, one OpenMP thread each: conftest.LearningRuns)."""
+    roots, res, metrics = learning_runs.get("organdetr")
     assert res.returncode == 0, res.stderr[-3000:]
-    untrained = lc.untrained_metrics(CHECK, trained_roots)
+    untrained = lc.untrained_metrics(CHECK, roots)
     assert untrained["AP50"] < 0.02, untrained
     fails = lc.failures(CHECK, metrics, untrained)
     assert not fails, (fails, metrics)
     assert metrics["AP10"] >= metrics["AP50"] >= metrics["AP75"]
-    fold = _fold(trained_roots, "LearningCheck")
+    fold = _fold(roots, "Check_organdetr")
     for name in ("checkpoint_final.pth", "progress.png", "training_log.txt", "trainer_options.json"):
         assert (fold / name).is_file(), name
     assert not (fold / "checkpoint_latest.pth").exists()
