@@ -27,8 +27,8 @@ def pytest_sessionfinish(session, exitstatus):
 class LearningRuns:
     """The three learning checks' trainings (organdetr on the phantom, ccq and dodnet on the partial phantom),
     started on first use, two at a time with one OpenMP thread each: ccq (the longest) on one core, dodnet then
-    organdetr on the other (the figures do not depend on it: bench/learning_checks.py). ``get(name)`` waits for one and returns
-    ``(roots, process, metrics)``; trainer folders are named ``Check_<name>``."""
+    organdetr on the other (the figures do not depend on it: bench/learning_checks.py). ``get(name)`` waits for one
+    and returns ``(roots, process, metrics)``; trainer folders are named ``Check_<name>``."""
 
     def __init__(self, base: Path):
         import learning_checks as lc

@@ -213,9 +213,9 @@ class TrainerBase:
         start = time.time()
         deadline = start + 60 * self.opt.max_minutes if self.opt.max_minutes else None
         while self.epoch < self.planned_epochs:
-            summary = self.train_epoch() or summary
-            if deadline is not None and not self.time_planned:
-                epoch_s = self.iteration_seconds * self.opt.iters_per_epoch
+            t_epoch, summary = time.time(), self.train_epoch() or summary  # (left to right: t_epoch first)
+            if deadline is not None and not self.time_planned:  # steady steps, or the whole epoch when longer
+                epoch_s = max(self.iteration_seconds * self.opt.iters_per_epoch, time.time() - t_epoch)
                 self.planned_epochs = epochs_for_budget(deadline - start, deadline - time.time(), epoch_s, self.epoch,
                                                         self.opt.epochs)
                 self.time_planned = True
@@ -230,7 +230,7 @@ class TrainerBase:
         if self.is_main:
             atomic_torch_save(self.checkpoint_state(), final)
             latest.unlink(missing_ok=True)
-            if not summary:  # the time plan ended the run, or a finished run was continued: validate it now
+            if not summary and not self.opt.no_val:  # the time plan ended the run, or a finished one continued
                 summary = self.validate(final=True)
                 self.log("final model" + self.record_validation(summary))
             plot_progress(self.history, self.best_metric_key, self.output_folder / "progress.png")

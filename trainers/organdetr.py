@@ -9,10 +9,10 @@ segmentation framework), ``recipe`` (``default`` | ``paper``). Non-default choic
 
 The default recipe (docs/training.md): exact box targets and isotropic fitting with zoom augmentation
 (:mod:`autoorgan.training.whole_volume`), class-balanced cases, and 0.1x the learning rate for the parts that move
-sampling locations and reference boxes (the deformable offsets, the reference-box head and the query embeddings, as
-Deformable DETR trains them). ``paper`` restores the paper's set-up: quantised targets from the augmented label map,
-per-axis fitting, rotation, uniform cases, one learning rate, and the paper's heads (hidden / 4) and dropout (MSA
-0.3, decoder 0.1) in place of the planned ones.
+sampling locations and reference boxes (the deformable offsets and the reference-box head, which Deformable DETR
+trains at 0.1x, and, our choice, the query embeddings that feed the reference boxes). ``paper`` restores the paper's
+set-up: quantised targets from the augmented label map, per-axis fitting, rotation, uniform cases, one learning
+rate, and the paper's heads (hidden / 4) and dropout (MSA 0.3, decoder 0.1) in place of the planned ones.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class OrganDETRTrainer(TrainerBase):
 
     def param_groups(self, net) -> list[dict]:
         """Default recipe: 0.1x the learning rate for the sampling offsets, the reference-box head and the query
-        embeddings (Deformable DETR's rule); the paper recipe: one group."""
+        embeddings; the paper recipe: one group."""
         if self.recipe == "paper":
             return super().param_groups(net)
         slow = ("cross_attn.offsets", "decoder.ref_head", "decoder.query_embed")

@@ -50,8 +50,9 @@ FINAL_RESERVE = 0.05  # of a time budget, kept for the final validation and chec
 
 def epochs_for_budget(budget_s: float, remaining_s: float, epoch_s: float, done: int, max_epochs: int) -> int:
     """Epochs that fit a wall-clock budget: ``done`` epochs so far, ``remaining_s`` left of ``budget_s``, and one
-    epoch taking ``epoch_s`` (measured once, after the first epoch and without its start-up, so that the schedule
-    anneals at the deadline and a continued run stays exact). ``FINAL_RESERVE`` of the budget is kept for the final
+    epoch taking ``epoch_s`` (measured once, after the first epoch: its steady steps, or its whole wall time with the
+    loader start and the checkpoint when that is longer, so that the schedule anneals at the deadline and a continued
+    run stays exact). ``FINAL_RESERVE`` of the budget is kept for the final
     validation; at least ``done``, at most ``max_epochs``."""
     fit = int(max(0.0, remaining_s - FINAL_RESERVE * budget_s) // max(epoch_s, 1e-9))
     return max(done, min(max_epochs, done + fit))
