@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+import learning_checks as lc
 from conftest import run_cli, tiny_model_folder
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -56,12 +57,7 @@ def _organdetr(cfg):
 
 
 def _shrink_ccq(cfg):
-    cfg["patch_size"] = [32, 32, 32]
-    cfg["architecture"]["arch_kwargs"].update(
-        n_stages=4, features_per_stage=[8, 16, 32, 32], kernel_sizes=[[3, 3, 3]] * 4,
-        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1, 1],
-        n_conv_per_stage_decoder=[1, 1, 1])
-    cfg["ccq"].update(num_class_queries=8, hidden_dim=32, num_heads=4)
+    lc.tiny_ccq_plans({"configurations": {"ccq": cfg}})  # the learning check's tiny ccq network
 
 
 def _ccq(cfg):
