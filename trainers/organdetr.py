@@ -46,15 +46,10 @@ class OrganDETRTrainer(TrainerBase):
         self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
         self.train_cases = WholeVolumeCases(self.data_folder, self.train_ids, self.input_shape, label_values,
                                             tuple(self.cfg.get("mirror_axes", ())), self.recipe)
-        if self.recipe == "default" and "boxes_exact" not in self._first_properties():
+        if self.recipe == "default" and "boxes_exact" not in self.train_cases.properties(self.train_ids[0]):
             raise UserError(f"the preprocessed data in {self.data_folder} predates exact boxes; rerun "
                             f"autoorgan_plan_and_preprocess -d {self.dataset_name} -c organdetr (or train with "
                             "--recipe paper)")
-
-    def _first_properties(self) -> dict:
-        import pickle
-        with open(self.data_folder / f"{self.train_ids[0]}.pkl", "rb") as fh:
-            return pickle.load(fh)["autoorgan"]
 
     @property
     def planned_matcher(self) -> str:

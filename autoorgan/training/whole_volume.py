@@ -137,13 +137,17 @@ class WholeVolumeCases:
                 "classes": torch.as_tensor([c - 1 for c in classes], dtype=torch.int64), "annotated": ann,
                 "fit": fit, "case_id": identifier}
 
+    def properties(self, identifier: str) -> dict:
+        """The ``autoorgan`` part of a case's preprocessed properties (boxes, annotated labels), without its image."""
+        import pickle
+        with open(self.folder / f"{identifier}.pkl", "rb") as fh:
+            return pickle.load(fh)["autoorgan"]
+
     def organ_cases(self) -> dict[int, list[str]]:
         """``{organ class (0-based): cases that annotate and hold it}``, for class-balanced sampling."""
-        import pickle
         out: dict[int, list[str]] = {}
         for ident in self.identifiers:
-            with open(self.folder / f"{ident}.pkl", "rb") as fh:
-                ao = pickle.load(fh)["autoorgan"]
+            ao = self.properties(ident)
             for v in ao.get("boxes_exact", ao["boxes"]):
                 if int(v) in ao["annotated_labels"]:
                     out.setdefault(self.label_values.index(int(v)), []).append(ident)
