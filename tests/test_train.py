@@ -258,3 +258,18 @@ def test_epochs_for_budget():
     assert epochs_for_budget(100.0, 90.0, 2.0, 1, 1000) == 1 + int((90 - FINAL_RESERVE * 100) // 2)
     assert epochs_for_budget(100.0, 90.0, 2.0, 1, 10) == 10     # capped by --epochs
     assert epochs_for_budget(100.0, 1.0, 5.0, 1, 10) == 1       # never fewer than done
+
+
+def test_default_recipe_on_data_without_exact_boxes_is_a_one_line_error(trained_roots, tmp_path):
+    """Preprocessed data from before boxes_exact: the default recipe asks to preprocess again (no traceback)."""
+    import pickle
+    roots = {k: tmp_path / k for k in ("raw", "preprocessed", "results")}
+    shutil.copytree(trained_roots["preprocessed"], roots["preprocessed"])
+    roots["raw"].symlink_to(trained_roots["raw"])
+    for pkl in (roots["preprocessed"] / DATASET).rglob("*.pkl"):
+        props = pickle.load(open(pkl, "rb"))
+        props["autoorgan"].pop("boxes_exact", None)
+        pickle.dump(props, open(pkl, "wb"))
+    res = _train(roots, "0", "-device", "cpu", "--epochs", "1", "--iters_per_epoch", "1", "-num_workers", "0")
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "predates exact boxes" in res.stderr and "autoorgan_plan_and_preprocess" in res.stderr, res.stderr
