@@ -13,6 +13,7 @@ window with its default ``3d_fullres`` network for the same data, on this machin
    on a volume holding ``--nnunet_tiles`` tiles; seconds per tile x the tile count nnU-Net's
    ``compute_steps_for_sliding_window`` gives for the whole preprocessed scan = the estimate. It leaves out
    nnU-Net's reading, preprocessing and export (so it favours nnU-Net). The ratio is printed.
+4. The network is exported to ONNX (``autoorgan_export_onnx``) and step 2 runs again with ``--backend onnx``.
 
 Targets (issue 4): >= 50x faster than nnU-Net without mirroring, < 30 s wall, < 2.5 GB peak for the whole call.
 """
@@ -169,6 +170,14 @@ def main() -> None:
           f"{SHAPE_ITK[0]}x{SHAPE_ITK[1]}x{SHAPE_ITK[2]} @ {SPACING_ITK} mm, whole process: {wall:.1f} s wall, "
           f"peak RSS {rss:.2f} GB")
     print("  " + log.strip().splitlines()[-1])
+    t = time.perf_counter()
+    subprocess.run([str(bin_dir / "autoorgan_export_onnx"), "-m", str(model), "-f", "0"], env=env, check=True,
+                   capture_output=True)
+    export_s = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+    wall_onnx, rss_onnx, _ = run_measured(cmd + ["--backend", "onnx"], env)
+    print(f"the same with --backend onnx (onnxruntime; export took {export_s:.0f} s once): {wall_onnx:.1f} s wall, "
+          f"peak RSS {rss_onnx:.2f} GB (PyTorch backend: {wall:.1f} s, {rss:.2f} GB)")
     sec_tile, patch, tiles = nnunet_seconds_per_tile(roots["preprocessed"], name, args.nnunet_tiles)
     nn_total = sec_tile * tiles
     print(f"nnU-Net 3d_fullres (patch {patch}, untrained, no mirroring, step 0.5): {sec_tile:.2f} s per tile "

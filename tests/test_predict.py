@@ -92,7 +92,9 @@ def write_dicom_series(image, folder: Path) -> None:
                 "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
                 "0020|0037": "\\".join(f"{v:.9f}" for v in (*d[:, 0], *d[:, 1])),
                 "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}",
-                "0018|0050": f"{image.GetSpacing()[2]:.6f}", "0028|1052": "0", "0028|1053": "1"}
+                "0018|0050": f"{image.GetSpacing()[2]:.6f}", "0028|1052": "0", "0028|1053": "1",
+                "0020|0052": uid.format(3), "0010|0020": "P001", "0010|0010": "Test^Phantom", "0008|0020": "20260101",
+                "0020|0010": "1", "0020|0011": "1"}
         for key, value in tags.items():
             sl.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
@@ -222,6 +224,285 @@ def test_predict_cli_writes_every_output(model_roots, tmp_path):
     np.testing.assert_allclose([o["box_voxel"] for o in a], [o["box_voxel"] for o in b], atol=1e-4)
     shape = np.tile(json.loads((out / "case00_boxes.json").read_text())["geometry"]["shape_array_order"], 2)
     assert all(np.all((np.asarray(o["box_voxel"]) >= 0) & (np.asarray(o["box_voxel"]) <= shape)) for o in a)
+
+
+def test_python_api_gives_the_cli_boxes(model_roots, tmp_path, monkeypatch):
+    """autoorgan.Predictor on an in-memory SimpleITK image, a numpy array + geometry, a file path and a DICOM folder
+    gives the boxes autoorgan_predict writes for the same file."""
+    image = make_volume()[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sitk.WriteImage(image, str(folder / "one.nii.gz"))
+    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(tmp_path / "out"), "-d", "900", "-f", "0",
+                  "-device", "cpu", "--quiet", env_roots=model_roots)
+    assert res.returncode == 0, res.stderr
+    cli = json.loads((tmp_path / "out" / "one_boxes.json").read_text())
+    for kind, path in model_roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    import autoorgan
+    predictor = autoorgan.Predictor.from_model_folder(model_roots["results"] / DATASET / MODEL, folds=[0],
+                                                      device="cpu")
+    arr = sitk.GetArrayFromImage(image)
+    write_dicom_series(image, tmp_path / "dicom")
+    results = {"sitk": predictor.predict(image, case_id="one"),
+               "numpy": predictor.predict(arr, spacing=image.GetSpacing(), origin=image.GetOrigin(),
+                                          direction=image.GetDirection(), case_id="one"),
+               "path": predictor.predict(folder / "one.nii.gz", case_id="one"),
+               "dicom": predictor.predict(str(tmp_path / "dicom"), case_id="one")}
+    for kind, result in results.items():
+        assert result.label_map is None and result.geometry.shape == arr.shape, kind
+        assert [o["name"] for o in result.boxes] == [o["name"] for o in cli["organs"]], kind
+        tol = 1e-3 if kind != "dicom" else 2e-2  # DICOM stores positions as decimal strings
+        np.testing.assert_allclose([o["box_voxel"] for o in result.boxes], [o["box_voxel"] for o in cli["organs"]],
+                                   atol=tol, err_msg=kind)
+        np.testing.assert_allclose([o["world"]["center_lps_mm"] for o in result.boxes],
+                                   [o["world"]["center_lps_mm"] for o in cli["organs"]], atol=tol * 10, err_msg=kind)
+        assert result.record["geometry"]["direction_itk"] == pytest.approx(list(DIRECTION), abs=1e-5)
+    with pytest.raises(autoorgan.utils.errors.UserError, match="needs its voxel spacing"):
+        predictor.predict(arr)
+    with pytest.raises(autoorgan.utils.errors.UserError, match="expects 1"):
+        predictor.predict([image, image])
+    with pytest.raises(autoorgan.utils.errors.UserError, match="does not exist"):
+        predictor.predict(tmp_path / "missing.nii.gz")
+
+
+def read_seg_and_rtstruct(out: Path, case_id: str, series: Path, names: list[str]) -> tuple[dict, dict]:
+    """Read ``CASE_seg.dcm`` (highdicom) and ``CASE_rtstruct.dcm`` back as ``{organ name: mask [n0, n1, n2]}`` in
+    SimpleITK's array order of ``series``. SEG frames are matched to slices by SOP Instance UID. RTSTRUCT contours
+    are rasterised here, independently of the writer: world points -> the series' continuous voxel index (SimpleITK)
+    -> filled polygons on the slice their ContourImageSequence names, which must be the slice the points lie in
+    (rt-utils' own reader assumes square slices)."""
+    import cv2
+    import highdicom as hd
+    import pydicom
+    reader = sitk.ImageSeriesReader()
+    files = reader.GetGDCMSeriesFileNames(str(series))
+    reader.SetFileNames(files)
+    ref = reader.Execute()
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    seg = hd.seg.segread(out / f"{case_id}_seg.dcm")
+    seg_masks = {}
+    for number in seg.get_segment_numbers():
+        label = seg.get_segment_description(number).segment_label
+        seg_masks[label] = seg.get_pixels_by_source_instance(uids, segment_numbers=[number],
+                                                             assert_missing_frames_are_empty=True)[..., 0] > 0
+    rt = pydicom.dcmread(out / f"{case_id}_rtstruct.dcm")
+    assert rt.Modality == "RTSTRUCT"
+    roi_names = {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence}
+    shape = tuple(reversed(ref.GetSize()))
+    rt_masks = {}
+    for roi in rt.ROIContourSequence:
+        mask = np.zeros(shape, np.uint8)
+        for contour in getattr(roi, "ContourSequence", []):
+            k = uids.index(str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID))
+            pts = np.asarray(contour.ContourData, np.float64).reshape(-1, 3)
+            idx = np.asarray([ref.TransformPhysicalPointToContinuousIndex(tuple(pt)) for pt in pts])  # (i, j, k)
+            assert np.allclose(idx[:, 2], k, atol=1e-3), "a contour lies in another slice than it references"
+            cv2.fillPoly(mask[k], [np.round(idx[:, :2]).astype(np.int32)], 1)
+        rt_masks[roi_names[int(roi.ReferencedROINumber)]] = mask.astype(bool)
+    assert set(seg_masks) <= set(names) and set(rt_masks) <= set(names)
+    return seg_masks, rt_masks
+
+
+def test_dicom_seg_and_rtstruct_of_boxes_round_trip(model_roots, tmp_path):
+    """--output_type dicom_seg rtstruct on a DICOM series with an oblique direction: read back with highdicom and
+    rt-utils, every organ's region is its predicted box (voxel centres inside), voxel by voxel; image-file inputs need
+    --dicom_reference (one-line refusal otherwise); a series with non-square pixels has no RTSTRUCT (case fails)."""
+    image = make_volume((30, 40, 40))[0]
+    image.SetSpacing((2.0, 2.0, 3.1))
+    folder = tmp_path / "in"
+    write_dicom_series(image, folder / "obl")
+    out = tmp_path / "out"
+    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(out), "-d", "900", "-device", "cpu", "--quiet",
+                  "--output_type", "dicom_seg", "rtstruct", env_roots=model_roots)
+    assert res.returncode == 0, res.stderr
+    record = json.loads((out / "obl_boxes.json").read_text())
+    names = [o["name"] for o in record["organs"]]
+    seg_masks, rt_masks = read_seg_and_rtstruct(out, "obl", folder / "obl", names)
+    shape = tuple(record["geometry"]["shape_array_order"])
+    assert shape == (30, 40, 40)
+    from autoorgan.inference.dicom_out import organ_masks
+    organs = {o["label"]: (np.asarray(o["box_voxel"]), o["score"]) for o in record["organs"]}
+    expected = organ_masks(None, organs, shape, sorted(organs))
+    found = {o["name"] for o in record["organs"] if o["label"] in expected}
+    assert expected and set(seg_masks) == set(rt_masks) == found
+    for o in record["organs"]:
+        if o["label"] in expected:
+            np.testing.assert_array_equal(seg_masks[o["name"]], expected[o["label"]], err_msg=o["name"])
+            np.testing.assert_array_equal(rt_masks[o["name"]], expected[o["label"]], err_msg=o["name"])
+    # image files: refused up front without --dicom_reference; with it, the same SEG
+    files = tmp_path / "files"
+    files.mkdir()
+    sitk.WriteImage(image, str(files / "obl.nii.gz"))
+    res = run_cli("autoorgan_predict", "-i", str(files), "-o", str(tmp_path / "o2"), "-d", "900", "-device", "cpu",
+                  "--quiet", "--output_type", "dicom_seg", env_roots=model_roots)
+    assert res.returncode == 2 and "--dicom_reference" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "o2").glob("*.dcm"))
+    # with a reference; a second case whose pixels are not square gets no RTSTRUCT (one line), the first does
+    write_dicom_series(make_volume()[0], files / "ref" / "aniso")
+    sitk.WriteImage(make_volume()[0], str(files / "aniso.nii.gz"))
+    shutil.move(str(folder / "obl"), str(files / "ref" / "obl"))
+    res = run_cli("autoorgan_predict", "-i", str(files), "-o", str(tmp_path / "o3"), "-d", "900", "-device", "cpu",
+                  "--quiet", "--output_type", "rtstruct", "--dicom_reference", str(files / "ref"),
+                  env_roots=model_roots)
+    assert res.returncode == 1 and "case aniso failed: the series' pixels are not square" in res.stderr, res.stderr
+    assert not list((tmp_path / "o3").glob("aniso*"))
+    assert (tmp_path / "o3" / "obl_rtstruct.dcm").is_file() and (tmp_path / "o3" / "obl_boxes.json").is_file()
+
+
+def test_previews_show_slices_as_radiologists_read_them():
+    """--save_png's slices on a scan stored with permuted and flipped axes: in the axial view a marker to the
+    patient's left of the box lies right of it, in the coronal view a superior marker lies above it, in the
+    sagittal view an anterior marker lies left of it (breaks when the reorientation or a row flip is wrong)."""
+    from autoorgan.boxes import Geometry
+    from autoorgan.inference.outputs import radiological_views
+    direction = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0)  # i -> inferior, j -> left, k -> anterior
+    shape = (30, 40, 50)
+    ref = sitk.Image(shape[::-1], sitk.sitkFloat32)
+    ref.SetSpacing((2.0, 2.5, 3.0))
+    ref.SetDirection(direction)
+    box = np.asarray([10, 15, 20, 21, 26, 31], np.float64)  # odd widths: one centre voxel, (15, 20, 25)
+    centre = np.asarray(ref.TransformIndexToPhysicalPoint((25, 20, 15)))
+    image = np.zeros(shape, np.float32)
+    for value, offset in ((1000, (24, 0, 0)), (2000, (0, 0, 24)), (3000, (0, -24, 0))):  # left, superior, anterior
+        i, j, k = ref.TransformPhysicalPointToIndex(tuple(centre + np.asarray(offset)))
+        image[k, j, i] = value
+    geometry = Geometry(shape, ref.GetSpacing(), ref.GetOrigin(), direction)
+    views = {v[0]: v[1:] for v in radiological_views(image, box, geometry)}
+    assert set(views) == {"axial", "coronal", "sagittal"}
+
+    def where(view, value):
+        sl, rect, _ = views[view]
+        hits = np.argwhere(sl == value)
+        assert len(hits) == 1, (view, value)
+        return hits[0], rect
+
+    (row, col), (r0, r1, c0, c1) = where("axial", 1000)
+    assert col >= c1 and r0 <= row < r1
+    (row, col), (r0, r1, c0, c1) = where("coronal", 2000)
+    assert row < r0 and c0 <= col < c1
+    (row, col), (r0, r1, c0, c1) = where("sagittal", 3000)
+    assert col < c0 and r0 <= row < r1
+
+
+class _Payload:
+    """Unpickling this runs code (touches a file): what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _rezip(src: Path, dst: Path, replace: dict[str, bytes], extra: dict[str, bytes] | None = None,
+           symlink: str | None = None) -> None:
+    """A copy of model zip ``src`` with entries replaced (manifest updated, as an attacker would) or added."""
+    import hashlib
+    import zipfile
+    with zipfile.ZipFile(src) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(files["autoorgan_model.json"])
+    for name, data in replace.items():
+        files[name] = data
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    files["autoorgan_model.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(dst, "w") as zf:
+        for name, data in {**files, **(extra or {})}.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+
+
+def test_model_zip_export_install_predict_and_hostile_zips(model_roots, tmp_path, monkeypatch, capsys):
+    """export -> install into another results root -> the same boxes; zips with ../ entries, links, unexpected files
+    or a pickle payload in a checkpoint are refused with one line, nothing is written and nothing runs."""
+    import io
+    import zipfile
+    zip_path = tmp_path / "model.zip"
+    res = run_cli("autoorgan_export_model_to_zip", "-d", "900", "-f", "0", "-o", str(zip_path), env_roots=model_roots)
+    assert res.returncode == 0 and "wrote" in res.stdout, res.stderr
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        ck = torch.load(io.BytesIO(zf.read(f"{DATASET}/{MODEL}/fold_0/checkpoint_final.pth")), weights_only=True)
+    assert set(ck) == {"network"} and f"{DATASET}/{MODEL}/plans.json" in names and len(names) == 4
+    other = dict(model_roots, results=tmp_path / "results2")
+    res = run_cli("autoorgan_install_model_from_zip", str(zip_path), env_roots=other)
+    assert res.returncode == 0, res.stderr
+    installed = other["results"] / DATASET / MODEL
+    for kind, path in model_roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    from autoorgan.cli.model_zip import main_install
+
+    def install(zip_file: Path, results: Path) -> str:
+        """autoorgan_install_model_from_zip in this process (what the command runs; a subprocess costs seconds):
+        asserts exit status 2 and returns the one line on stderr."""
+        monkeypatch.setenv("autoorgan_results", str(results))
+        with pytest.raises(SystemExit) as exit_info:
+            main_install([str(zip_file)])
+        err = capsys.readouterr().err
+        monkeypatch.setenv("autoorgan_results", str(model_roots["results"]))
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    assert "already exists" in install(zip_path, other["results"])
+    import autoorgan
+    image = make_volume()[0]
+    a = autoorgan.Predictor.from_model_folder(model_roots["results"] / DATASET / MODEL, [0], device="cpu")
+    b = autoorgan.Predictor.from_model_folder(installed, [0], device="cpu")
+    assert a.predict(image).boxes == b.predict(image).boxes
+    # hostile zips: each refused with one line; nothing lands in the results root, nothing outside it, nothing runs
+    marker = tmp_path / "pwned"
+    payload = io.BytesIO()
+    torch.save({"network": {"x": torch.zeros(1)}, "evil": _Payload(marker)}, payload)
+    ckname = f"{DATASET}/{MODEL}/fold_0/checkpoint_final.pth"
+    cases = {"pickle": ({ckname: payload.getvalue()}, None, None, "holds objects other than tensors"),
+             "traversal": ({}, {"../evil.txt": b"x"}, None, "unexpected entry '../evil.txt'"),
+             "absolute": ({}, {"/tmp/evil.txt": b"x"}, None, "unexpected entry"),
+             "extra file": ({}, {f"{DATASET}/{MODEL}/run_me.py": b"import os"}, None, "unexpected entry"),
+             "symlink": ({}, None, f"{DATASET}/{MODEL}/fold_1/checkpoint_final.pth", "link or special file")}
+    for what, (replace, extra, link, message) in cases.items():
+        bad = tmp_path / f"bad_{what.replace(' ', '_')}.zip"
+        _rezip(zip_path, bad, replace, extra, link)
+        fresh = tmp_path / f"res_{what.replace(' ', '_')}"
+        err = install(bad, fresh)
+        assert message in err, (what, err)
+        assert not (fresh / DATASET).exists() and not list(fresh.glob(".install_*")), what
+    assert not marker.exists() and not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+    # a zip whose file was altered after export (manifest not updated) is damaged
+    with zipfile.ZipFile(zip_path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    with zipfile.ZipFile(tmp_path / "altered.zip", "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data.replace(b'"organdetr"', b'"organdetR"') if name.endswith("plans.json") else data)
+    err = install(tmp_path / "altered.zip", tmp_path / "res_altered")
+    assert "checksum" in err or "size" in err, err
+
+
+def test_onnx_export_and_backend_give_the_pytorch_boxes(model_roots, tmp_path):
+    """autoorgan_export_onnx (3D GridSample, opset 20) then autoorgan_predict --backend onnx: the boxes of the
+    PyTorch backend within 1e-3 voxels; without an export, --backend onnx is a one-line error naming the command."""
+    roots = dict(model_roots, results=tmp_path / "results")
+    shutil.copytree(model_roots["results"], roots["results"])
+    folder = _input_folder(tmp_path, 1)
+    common = ["-i", str(folder), "-d", "900", "-f", "0", "-device", "cpu", "--quiet"]
+    res = run_cli("autoorgan_predict", *common, "-o", str(tmp_path / "o1"), "--backend", "onnx", env_roots=roots)
+    assert res.returncode == 2 and "autoorgan_export_onnx" in res.stderr and len(res.stderr.splitlines()) == 1
+    res = run_cli("autoorgan_export_onnx", "-d", "900", "-f", "0", env_roots=roots)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((roots["results"] / DATASET / MODEL / "fold_0" / "network.onnx.json").read_text())
+    assert meta["opset"] == 20 and max(meta["max_abs_diff_vs_pytorch"].values()) < 1e-3
+    for backend in ("torch", "onnx"):
+        res = run_cli("autoorgan_predict", *common, "-o", str(tmp_path / backend), "--backend", backend,
+                      env_roots=roots)
+        assert res.returncode == 0, res.stderr
+    a = json.loads((tmp_path / "torch" / "case00_boxes.json").read_text())["organs"]
+    b = json.loads((tmp_path / "onnx" / "case00_boxes.json").read_text())["organs"]
+    np.testing.assert_allclose([o["box_voxel"] for o in a], [o["box_voxel"] for o in b], atol=2e-3)
+    np.testing.assert_allclose([o["score"] for o in a], [o["score"] for o in b], atol=1e-4)
+    assert json.loads((tmp_path / "onnx" / "prediction_info.json").read_text())["backend"] == "onnx"
 
 
 def test_a_bad_case_does_not_stop_the_others(model_roots, tmp_path):

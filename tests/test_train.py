@@ -273,3 +273,20 @@ def test_default_recipe_on_data_without_exact_boxes_is_a_one_line_error(trained_
     res = _train(roots, "0", "-device", "cpu", "--epochs", "1", "--iters_per_epoch", "1", "-num_workers", "0")
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "predates exact boxes" in res.stderr and "autoorgan_plan_and_preprocess" in res.stderr, res.stderr
+
+
+def test_progress_figure_shows_a_final_only_validation_and_says_when_there_is_none():
+    import matplotlib.pyplot as plt
+
+    from autoorgan.training.progress import progress_figure
+    history = {"epoch": [1, 2, 3], "lr": [1e-3, 5e-4, 0.0], "val_epoch": [3], "val_metric": [0.42],
+               "train_loss": [{"total": t, "cls": t / 4, "giou": t / 2} for t in (40.0, 12.0, 7.0)]}
+    fig = progress_figure(history, "mAP")
+    val = fig.axes[2]
+    assert [list(line.get_xydata()[0]) for line in val.get_lines()] == [[3.0, 0.42]]
+    assert any("0.420" in t.get_text() for t in val.texts) and fig.axes[0].get_yscale() == "log"
+    assert {line.get_label() for line in fig.axes[1].get_lines()} == {"cls", "giou"}
+    plt.close(fig)
+    fig = progress_figure(dict(history, val_epoch=[], val_metric=[]), "mAP")
+    assert not fig.axes[2].get_lines() and any("no validation" in t.get_text() for t in fig.axes[2].texts)
+    plt.close(fig)

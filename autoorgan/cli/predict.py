@@ -11,7 +11,8 @@ INTERRUPTED = "finished cases are kept: rerun the same command with --continue_p
 EPILOG = ("Inputs: CASE_0000.nii.gz-style channel files, plain CASE.nii.gz/.nii/.nrrd/.mha files (one-channel "
           "models) or one DICOM series per sub-folder. Outputs per case: CASE_boxes.json (boxes in the input "
           "image's voxel indices and in LPS world mm), CASE.mrk.json (3D Slicer ROIs; drag it into Slicer with the "
-          "image) and optionally CASE_boxmask.nii.gz / CASE_boxes.png. A case that fails is reported and the others "
+          "image), optionally CASE_boxmask.nii.gz / CASE_boxes.png, and DICOM SEG / RTSTRUCT (--output_type). A "
+          "case that fails is reported and the others "
           "go on; the exit status is 1 when any failed. See docs/prediction.md.")
 
 
@@ -27,25 +28,39 @@ def _parser(description: str) -> argparse.ArgumentParser:
                    help="checkpoint_{final,best,latest}.pth (default final)")
     p.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
                    help="device (default: cuda when available, else cpu)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="torch (default) or onnx: each fold's network.onnx (autoorgan_export_onnx) run by onnxruntime, "
+                        "with the same preprocessing and outputs")
     p.add_argument("--tta", action="store_true",
                    help="test-time mirroring along the plans' mirror_axes, averaged in box space (off by default; "
                         "the default plans do not mirror because left/right organs would swap)")
     p.add_argument("--save_box_masks", action="store_true", help="also write CASE_boxmask.nii.gz (boxes as labels)")
     p.add_argument("--save_png", action="store_true", help="also write CASE_boxes.png (three slices per organ)")
+    p.add_argument("--output_type", nargs="+", default=["nifti"], choices=("nifti", "dicom_seg", "rtstruct"),
+                   metavar="TYPE",
+                   help="nifti (label map CASE<file_ending>, segmentation models; default), dicom_seg (CASE_seg.dcm, a "
+                        "DICOM SEG made with highdicom), rtstruct (CASE_rtstruct.dcm, made with rt-utils); several "
+                        "allowed. The DICOM ones reference the case's input DICOM series (or --dicom_reference); for "
+                        "organdetr they hold the boxes as filled regions")
+    p.add_argument("--dicom_reference", default=None, metavar="REF",
+                   help="for inputs given as image files: REF/CASE/ is the DICOM series CASE was made from (same grid)")
     p.add_argument("--continue_prediction", action="store_true",
-                   help="skip cases whose CASE_boxes.json exists (resume an interrupted run)")
+                   help="skip cases already finished (their last file, CASE_boxes.json or the label map, "
+                        "exists): resume an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def _run(args, model_folder) -> None:
     from autoorgan.inference.predictor import load_predictor, predict_folder
-    predictor = load_predictor(Path(model_folder), args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta)
+    predictor = load_predictor(Path(model_folder), args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta,
+                               args.backend)
     if args.tta and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)
     res = predict_folder(predictor, args.i, args.o, args.continue_prediction, args.save_box_masks, args.save_png,
-                         progress=not args.quiet)
+                         progress=not args.quiet, output_types=args.output_type,
+                         dicom_reference=Path(args.dicom_reference) if args.dicom_reference else None)
     n = len(res.done) + len(res.skipped)
     print(f"predicted {len(res.done)} case(s)" + (f", {len(res.skipped)} already done" if res.skipped else "") +
           f" with fold(s) {', '.join(predictor.folds)} of {predictor.model_folder} in {res.seconds:.1f} s -> {args.o}")

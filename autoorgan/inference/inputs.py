@@ -181,6 +181,50 @@ def sitk_to_nnunet(image) -> tuple[np.ndarray, dict]:
     return arr, props
 
 
+def arrays_from_memory(image, num_channels: int, spacing: Sequence[float] | None = None,
+                       origin: Sequence[float] | None = None, direction: Sequence[float] | None = None
+                       ) -> tuple[np.ndarray, dict]:
+    """An image already in memory -> ``(data [C, n0, n1, n2] float32, properties)`` as :func:`read_input_case` gives
+    for a file: ``image`` is a 3D SimpleITK image, a list of them (one per channel, same grid), or a numpy array
+    ``[n0, n1, n2]`` / ``[C, n0, n1, n2]`` in SimpleITK's array order (``GetArrayFromImage``: ``k, j, i``) with
+    ``spacing`` (mm), ``origin`` (mm, LPS) and ``direction`` (9 numbers, row-major) in **ITK order**, as SimpleITK's
+    ``GetSpacing()``/``GetOrigin()``/``GetDirection()`` give them (origin 0 and identity direction by default)."""
+    import SimpleITK as sitk
+    if isinstance(image, np.ndarray):
+        if spacing is None:
+            raise UserError("a numpy image needs its voxel spacing: predict(array, spacing=(si, sj, sk)) in ITK order "
+                            "(x, y, z), the reverse of the array's axis order")
+        arr = image[None] if image.ndim == 3 else image
+        if arr.ndim != 4:
+            raise UserError(f"expected a numpy array [n0, n1, n2] or [C, n0, n1, n2], got shape {image.shape}")
+        channels = []
+        for a in arr:
+            im = sitk.GetImageFromArray(np.ascontiguousarray(a, np.float32))
+            im.SetSpacing([float(v) for v in spacing])
+            im.SetOrigin([float(v) for v in (origin if origin is not None else (0.0, 0.0, 0.0))])
+            if direction is not None:
+                im.SetDirection([float(v) for v in direction])
+            channels.append(im)
+    else:
+        if spacing is not None or origin is not None or direction is not None:
+            raise UserError("spacing/origin/direction are for numpy arrays; a SimpleITK image carries its own")
+        channels = list(image) if isinstance(image, (list, tuple)) else [image]
+    datas, props = [], None
+    for im in channels:
+        if not isinstance(im, sitk.Image):
+            raise UserError(f"cannot predict from a {type(im).__name__}; give a SimpleITK image, a numpy array with "
+                            "spacing, or a file path")
+        d, pr = sitk_to_nnunet(im)
+        if props is not None and (d.shape != datas[0].shape or not np.allclose(pr["sitk_stuff"]["spacing"],
+                                                                               props["sitk_stuff"]["spacing"])):
+            raise UserError("the channels of an image must share one grid (shape and spacing)")
+        datas.append(d)
+        props = props or pr
+    if len(datas) != num_channels:
+        raise UserError(f"the image has {len(datas)} channel(s) but the model expects {num_channels}")
+    return np.concatenate(datas, 0), props
+
+
 def read_input_case(case: InputCase, reader, num_channels: int) -> tuple[np.ndarray, dict]:
     """``(data [C, n0, n1, n2] float32, properties)`` of one case; ``reader`` is an nnU-Net reader instance."""
     if case.problem:

@@ -8,7 +8,8 @@
   Drag it into Slicer together with the image.
 * ``CASE_boxmask.nii.gz`` (``--save_box_masks``): label map on the image grid, each organ's box filled with its
   label (smaller boxes drawn last so they stay visible), voxels whose centre lies inside the box.
-* ``CASE_boxes.png`` (``--save_png``): per organ, three orthogonal slices through the box centre with the box drawn.
+* ``CASE_boxes.png`` (``--save_png``): per organ, axial / coronal / sagittal slices through the box centre (patient
+  left on image right), the box, the organ's name and score; CT in the soft-tissue window W400/L40.
 """
 from __future__ import annotations
 
@@ -72,31 +73,86 @@ def write_image_atomic(array: np.ndarray, geometry: Geometry, path: Path) -> Non
         sitk.WriteImage(img, str(tmp), useCompression=True)
 
 
+CT_WINDOW = (400.0, 40.0)  # soft tissue: width, level (HU)
+VIEWS = (("axial", 0, False), ("coronal", 1, True), ("sagittal", 2, True))  # (name, LPS array axis, flip: S up)
+
+
+def _to_lps(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """``array [n0, n1, n2]`` on ``geometry``'s grid -> (the array with axes permuted/flipped so that its axes point
+    to S, P, L (an oblique scan: the nearest axes; no resampling), mm spacing along those axes)."""
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(geometry.spacing)
+    img.SetDirection(geometry.direction)
+    out = sitk.DICOMOrient(img, "LPS")
+    return sitk.GetArrayFromImage(out), np.asarray(out.GetSpacing())[::-1]
+
+
+def radiological_views(image: np.ndarray, box: np.ndarray, geometry: Geometry) -> list[tuple]:
+    """The axial, coronal and sagittal slices of ``image [n0, n1, n2]`` through the centre of ``box`` (voxels of
+    ``image``), displayed as radiologists read them: axial seen from the feet (patient left on the image's right,
+    anterior up), coronal from the front (left on the right, superior up), sagittal from the patient's left
+    (anterior on the left, superior up). Returns ``[(view, slice [rows, cols], (r0, r1, c0, c1) box rectangle in
+    slice pixels (edges), mm per row / mm per column)]``; ``[]`` when no voxel centre lies inside the box."""
+    vol, sp = _to_lps(np.asarray(image), geometry)
+    mask, _ = _to_lps(box_label_map({1: (box, 1.0)}, tuple(geometry.shape)), geometry)
+    nz = np.nonzero(mask)
+    if not nz[0].size:
+        return []
+    lo = np.asarray([a.min() for a in nz])
+    hi = np.asarray([a.max() + 1 for a in nz])
+    centre = (lo + hi) // 2
+    views = []
+    for view, a, flip in VIEWS:
+        sl = np.take(vol, centre[a], axis=a)
+        u, v = [i for i in range(3) if i != a]
+        r0, r1 = lo[u], hi[u]
+        if flip:  # the S axis runs down the rows: flip so that superior is up
+            sl = sl[::-1]
+            r0, r1 = sl.shape[0] - hi[u], sl.shape[0] - lo[u]
+        views.append((view, sl, (int(r0), int(r1), int(lo[v]), int(hi[v])), float(sp[u] / sp[v])))
+    return views
+
+
 def save_png(image: np.ndarray, organs: dict[int, tuple[np.ndarray, float]], names: dict[int, str],
-             spacing_array_order: np.ndarray, path: Path) -> None:
-    """Quick look: one row per organ, three orthogonal slices of ``image [n0, n1, n2]`` through the box centre,
-    the box outlined (aspect ratio from the voxel spacing)."""
+             geometry: Geometry, path: Path, ct: bool) -> None:
+    """Quick look: one row per organ, :func:`radiological_views` through the box centre with the box, the organ's
+    name and its score (the one the evaluation ranks by). ``image [n0, n1, n2]`` is the first channel as read; CT is
+    shown in the soft-tissue window (W400/L40), other modalities between the 1st and 99th percentile."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    image = np.asarray(image, np.float32)
+    if ct:
+        width, level = CT_WINDOW
+        lo, hi, window = level - width / 2, level + width / 2, f"W{width:g}/L{level:g}"
+    else:
+        lo, hi = np.percentile(image[:: max(1, image.shape[0] // 32)], [1, 99])
+        window = "p1-p99"
     rows = max(1, len(organs))
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
-    lo_hi = np.percentile(image[:: max(1, image.shape[0] // 32)], [1, 99])
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 3.3 * rows), squeeze=False)
     for r, (label, (box, score)) in enumerate(sorted(organs.items())):
-        box = np.asarray(box, np.float64)
-        centre = np.clip(((box[:3] + box[3:]) / 2).astype(int), 0, np.asarray(image.shape) - 1)
-        for a in range(3):
-            ax = axes[r, a]
-            sl = np.take(image, centre[a], axis=a)
-            u, v = [i for i in range(3) if i != a]
-            ax.imshow(sl, cmap="gray", vmin=lo_hi[0], vmax=lo_hi[1], origin="upper",
-                      aspect=spacing_array_order[u] / spacing_array_order[v], interpolation="nearest")
-            ax.add_patch(Rectangle((box[v] - 0.5, box[u] - 0.5), box[v + 3] - box[v], box[u + 3] - box[u],
-                                   fill=False, edgecolor="yellow", linewidth=1.2))
-            ax.set_title(f"{names.get(label, label)} {score:.2f} (axis {a} = {centre[a]})", fontsize=8)
+        name = names.get(label, str(label))
+        views = radiological_views(image, np.asarray(box, np.float64), geometry)
+        for ax in axes[r]:
             ax.axis("off")
+        if not views:
+            axes[r, 0].set_title(f"{name}  score {score:.3f}: empty box (no voxel centre inside)", fontsize=8)
+        for c, (view, sl, (r0, r1, c0, c1), aspect) in enumerate(views):
+            ax = axes[r, c]
+            ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi, origin="upper", aspect=aspect, interpolation="nearest")
+            ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="yellow",
+                                   linewidth=1.2))
+            ax.text(c0, r0 - 1.5, name, color="yellow", fontsize=7, va="bottom")
+            ax.set_title(f"{name}  score {score:.3f}  {view} ({window})", fontsize=8)
+            if view != "sagittal":
+                ax.text(0.01, 0.5, "R", color="cyan", transform=ax.transAxes, fontsize=8)
+                ax.text(0.96, 0.5, "L", color="cyan", transform=ax.transAxes, fontsize=8)
+            else:
+                ax.text(0.01, 0.5, "A", color="cyan", transform=ax.transAxes, fontsize=8)
+                ax.text(0.96, 0.5, "P", color="cyan", transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
     try:
         with atomic_output(path) as tmp:

@@ -105,6 +105,8 @@ class Predictor:
         self.folds: list[str] = []
         self.checkpoint = ""
         self._reader = None
+        self.output_types: tuple[str, ...] = ("nifti",)  # of autoorgan.inference.dicom_out.OUTPUT_TYPES
+        self.backend = "torch"
 
     @property
     def reader(self) -> Any:
@@ -117,6 +119,28 @@ class Predictor:
     def done_suffix(self) -> str:
         """The file whose presence marks a finished case (written last)."""
         raise NotImplementedError
+
+    def write_dicom(self, case_id: str, label_map: np.ndarray | None, organs: Organs, geometry: Geometry,
+                    out_dir: Path, dicom_dir: Path | None) -> None:
+        """The DICOM outputs of :attr:`output_types` (``CASE_seg.dcm``, ``CASE_rtstruct.dcm``) referencing the series
+        in ``dicom_dir`` (the case's input series or its ``--dicom_reference`` series)."""
+        from autoorgan import __version__
+        from autoorgan.inference import dicom_out
+        wanted = [t for t in self.output_types if t in dicom_out.DICOM_SUFFIX]
+        if not wanted:
+            return
+        if dicom_dir is None or not dicom_dir.is_dir():
+            raise CaseError(f"no DICOM series to reference{f' ({dicom_dir} is not a folder)' if dicom_dir else ''}; "
+                            f"--output_type {' '.join(wanted)} needs the series the image was made from")
+        files = dicom_out.check_reference(dicom_dir, geometry)
+        masks = dicom_out.organ_masks(label_map, organs, geometry.shape, self.label_values)
+        colors = dicom_out.organ_colors(self.dataset_json, self.label_names)
+        if "dicom_seg" in wanted:
+            dicom_out.write_dicom_seg(masks, files, self.label_names, colors, out_dir / f"{case_id}_seg.dcm",
+                                      __version__)
+        if "rtstruct" in wanted:
+            dicom_out.write_rtstruct(masks, dicom_dir, files, self.label_names, colors,
+                                     out_dir / f"{case_id}_rtstruct.dcm")
 
     def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Any, Geometry | None]:
         """Preprocessed ``data [C, n0, n1, n2]`` and its properties -> (prediction in the original image frame,
@@ -141,18 +165,54 @@ class Predictor:
                             f"the planned {self.cfg['spacing']} mm; the header's spacing is implausible: fix it")
 
     def write_case(self, case_id: str, prediction: Any, geometry: Geometry, out_dir: Path, image0=None,
-                   save_box_masks: bool = False) -> dict:
+                   save_box_masks: bool = False, dicom_dir: Path | None = None) -> dict:
         """Write one case's files (the ``done_suffix`` file last); returns its record."""
         raise NotImplementedError
 
-    def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
-                     save_png_file: bool = False) -> dict:
-        """Read, predict and write one case; returns its record. Raises CaseError."""
-        data, props = read_input_case(case, self.reader, self.num_channels)
-        image0 = data[0].copy() if save_png_file else None
+    @classmethod
+    def from_model_folder(cls, model_folder: str | Path, folds: Sequence[str | int] | None = None,
+                          checkpoint: str = "checkpoint_final.pth", device: str | None = None,
+                          tta: bool = False, backend: str = "torch") -> Predictor:
+        """Load a trained model folder once (what :func:`load_predictor` does; the CLI's path)."""
+        return load_predictor(Path(model_folder), folds, checkpoint, device, tta, backend)
+
+    def predict(self, image: Any, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
+                direction: Sequence[float] | None = None, case_id: str = "image", keep_image: bool = False
+                ) -> Prediction:
+        """Predict one image, with the CLI's reading, preprocessing and mapping back.
+
+        ``image``: a file path (``.nii.gz``, ``.nrrd``, ``.mha``; a folder = one DICOM series; a list of paths = one
+        per channel), a SimpleITK image (or a list, one per channel), or a numpy array ``[n0, n1, n2]`` /
+        ``[C, n0, n1, n2]`` in SimpleITK's array order with ``spacing``/``origin``/``direction`` in ITK order.
+        Returns a :class:`Prediction` (boxes in the image's voxels and in world mm; the label map for segmentation
+        configurations; ``keep_image``: also the first channel as read, for previews). Raises
+        :class:`~autoorgan.utils.errors.UserError` (one line) for an unusable image."""
+        from autoorgan.inference.inputs import arrays_from_memory
+        if isinstance(image, InputCase):
+            data, props = read_input_case(image, self.reader, self.num_channels)
+        elif isinstance(image, (str, Path)) or (isinstance(image, (list, tuple)) and image
+                                                and all(isinstance(f, (str, Path)) for f in image)):
+            files = [Path(f) for f in ([image] if isinstance(image, (str, Path)) else image)]
+            case = InputCase(case_id, dicom_dir=files[0]) if files[0].is_dir() else InputCase(case_id, files=files)
+            if not files[0].exists():
+                raise CaseError(f"{files[0]} does not exist")
+            data, props = read_input_case(case, self.reader, self.num_channels)
+        else:
+            data, props = arrays_from_memory(image, self.num_channels, spacing, origin, direction)
+        image0 = data[0].copy() if keep_image else None
         prediction, geometry = self.predict_arrays(data, props)
         del data
-        return self.write_case(case.case_id, prediction, geometry, out_dir, image0, save_box_masks)
+        return Prediction(case_id, prediction, geometry, self.output, self.label_names, image0)
+
+    def predict_case(self, case: InputCase, out_dir: Path, save_box_masks: bool = False,
+                     save_png_file: bool = False, dicom_reference: Path | None = None) -> dict:
+        """Read, predict and write one case (through :meth:`predict`); returns its record. Raises CaseError.
+        DICOM outputs reference the case's own series, else ``dicom_reference/CASE``."""
+        dicom_dir = case.dicom_dir or (Path(dicom_reference) / case.case_id if dicom_reference else None)
+        result = self.predict(case, case_id=case.case_id, keep_image=save_png_file)
+        (out_dir / f"{case.case_id}{self.done_suffix}").unlink(missing_ok=True)  # a rerun: done once all are new
+        return self.write_case(case.case_id, result.raw, result.geometry, out_dir,
+                               result.image0 if save_png_file else None, save_box_masks, dicom_dir)
 
 
 class OrganDETRPredictor(Predictor):
@@ -181,17 +241,68 @@ class OrganDETRPredictor(Predictor):
         return organs, geometry_from_props(props, tb)
 
     def write_case(self, case_id: str, prediction: Organs, geometry: Geometry, out_dir: Path, image0=None,
-                   save_box_masks: bool = False) -> dict:
+                   save_box_masks: bool = False, dicom_dir: Path | None = None) -> dict:
         record = case_box_record(case_id, prediction, self.label_names, geometry)
+        self.write_dicom(case_id, None, prediction, geometry, out_dir, dicom_dir)  # boxes as filled regions
         write_json_atomic(slicer_markups(record), out_dir / f"{case_id}.mrk.json")
         if save_box_masks:
             write_image_atomic(box_label_map(prediction, geometry.shape), geometry,
                                out_dir / f"{case_id}_boxmask.nii.gz")
         if image0 is not None:
-            save_png(image0, prediction, self.label_names, geometry.spacing_array_order,
-                     out_dir / f"{case_id}_boxes.png")
+            ct = str(self.dataset_json["channel_names"].get("0", "")).strip().lower() == "ct"
+            save_png(image0, prediction, self.label_names, geometry, out_dir / f"{case_id}_boxes.png", ct)
         write_json_atomic(record, out_dir / f"{case_id}{self.done_suffix}")  # last: marks the case as done
         return record
+
+
+@dataclass
+class Prediction:
+    """One image's prediction in its own frame (what :meth:`Predictor.predict` returns).
+
+    Attributes:
+        case_id: the name given (file outputs use it).
+        raw: the predictor's own result (organ boxes ``{label: (box [6] voxels, score)}``, or a :class:`Segmentation`).
+        geometry: the input image's grid (shape in array order; spacing, origin, direction in ITK order).
+        output: ``boxes`` (organdetr) or ``masks`` (segmentation configurations).
+    """
+
+    case_id: str
+    raw: Any
+    geometry: Geometry
+    output: str
+    label_names: dict[int, str]
+    image0: np.ndarray | None = field(default=None, repr=False)  # first channel as read (previews)
+
+    @property
+    def organs(self) -> Organs:
+        """``{label value: (box [lo0, lo1, lo2, hi0, hi1, hi2] in the input array's voxels, score)}``."""
+        return self.raw.organs if isinstance(self.raw, Segmentation) else self.raw
+
+    @property
+    def record(self) -> dict:
+        """The ``CASE_boxes.json`` content: per organ ``box_voxel`` and ``world`` (LPS mm corners, centre, size)."""
+        return case_box_record(self.case_id, self.organs, self.label_names, self.geometry)
+
+    @property
+    def boxes(self) -> list[dict]:
+        """The organs of :attr:`record` (name, label, score, box_voxel, world)."""
+        return self.record["organs"]
+
+    @property
+    def label_map(self) -> np.ndarray | None:
+        """Label map ``[n0, n1, n2]`` on the input grid (segmentation configurations), else None."""
+        return self.raw.labels if isinstance(self.raw, Segmentation) else None
+
+    def label_image(self) -> Any:
+        """:attr:`label_map` as a SimpleITK image with the input's geometry (None for box models)."""
+        if self.label_map is None:
+            return None
+        import SimpleITK as sitk
+        img = sitk.GetImageFromArray(self.label_map)
+        img.SetSpacing(self.geometry.spacing)
+        img.SetOrigin(self.geometry.origin)
+        img.SetDirection(self.geometry.direction)
+        return img
 
 
 @dataclass
@@ -222,7 +333,9 @@ class SegmentationPredictor(Predictor):
 
     @property
     def done_suffix(self) -> str:
-        return self.dataset_json["file_ending"]
+        if "nifti" in self.output_types or not self.output_types:
+            return self.dataset_json["file_ending"]
+        return "_rtstruct.dcm" if "rtstruct" in self.output_types else "_seg.dcm"
 
     def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Segmentation, Geometry | None]:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -247,13 +360,15 @@ class SegmentationPredictor(Predictor):
         return Segmentation(full, organs), geometry_from_props(props, self.plans["transpose_backward"])
 
     def write_case(self, case_id: str, prediction: Segmentation, geometry: Geometry, out_dir: Path, image0=None,
-                   save_box_masks: bool = False) -> dict:
+                   save_box_masks: bool = False, dicom_dir: Path | None = None) -> dict:
         if save_box_masks or image0 is not None:
             raise UserError("--save_box_masks and --save_png are for boxes (organdetr) only")
         record = case_box_record(case_id, prediction.organs, self.label_names, geometry)
         write_json_atomic(slicer_markups(record), out_dir / f"{case_id}.mrk.json")
         write_json_atomic(record, out_dir / f"{case_id}_boxes.json")
-        write_image_atomic(prediction.labels, geometry, out_dir / f"{case_id}{self.done_suffix}")  # last: done
+        self.write_dicom(case_id, prediction.labels, prediction.organs, geometry, out_dir, dicom_dir)
+        if "nifti" in self.output_types:
+            write_image_atomic(prediction.labels, geometry, out_dir / f"{case_id}{self.done_suffix}")  # last: done
         return {"case_id": case_id, "labels_present": sorted(prediction.organs)}
 
 
@@ -261,9 +376,10 @@ PREDICTOR_CLASSES = {"boxes": OrganDETRPredictor, "masks": SegmentationPredictor
 
 
 def load_predictor(model_folder: Path, folds: Sequence[str | int] | None = None,
-                   checkpoint: str = "checkpoint_final.pth", device: str | None = None, tta: bool = False
-                   ) -> Predictor:
-    """The predictor of a trained model folder with the given folds (default: every fold with ``checkpoint``)."""
+                   checkpoint: str = "checkpoint_final.pth", device: str | None = None, tta: bool = False,
+                   backend: str = "torch") -> Predictor:
+    """The predictor of a trained model folder with the given folds (default: every fold with ``checkpoint``);
+    ``backend="onnx"`` runs each fold's exported ``network.onnx`` in onnxruntime instead (same pre/post-processing)."""
     from autoorgan.configurations import configurations_of_section
     model_folder = Path(model_folder)
     for f in ("plans.json", "dataset.json"):
@@ -286,18 +402,25 @@ def load_predictor(model_folder: Path, folds: Sequence[str | int] | None = None,
                         f"(available: {', '.join(have) or 'none'}); finish training first or choose "
                         f"-f {' '.join(have) or 'FOLD'}")
     dev = select_device(device)
-    networks = []
-    for fold in chosen:
+    kind = PREDICTOR_CLASSES[configurations_of_section(section)[0].output]
+    networks: list[torch.nn.Module] = []
+    if backend == "onnx":
+        from autoorgan.inference.onnx_backend import onnx_networks
+        networks = onnx_networks(model_folder, chosen, kind.output == "boxes", len(foreground_labels(dataset_json)),
+                                 dev)
+    elif backend != "torch":
+        raise UserError(f"unknown backend {backend!r}; choose torch or onnx")
+    for fold in chosen if backend == "torch" else []:
         path = model_folder / f"fold_{fold}" / checkpoint
         state = load_checkpoint(path, "is the file complete, and was it written by autoorgan_train?")["network"]
         net = build_network(plans, section, dataset_json)
         load_network_state(net, state, path, "retrain, or predict with the version that trained it")
         networks.append(net.to(dev).eval())
-    kind = PREDICTOR_CLASSES[configurations_of_section(section)[0].output]
     cfg = get_configuration(plans, section)
     mirror = tuple(int(a) for a in cfg.get("mirror_axes", ())) if tta else ()
     predictor = kind(plans, dataset_json, section, networks, dev, mirror)
     predictor.model_folder, predictor.folds, predictor.checkpoint = model_folder, chosen, checkpoint
+    predictor.backend = backend
     return predictor
 
 
@@ -311,17 +434,32 @@ class FolderResult:
 
 def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path,
                    continue_prediction: bool = False, save_box_masks: bool = False, save_png_file: bool = False,
-                   progress: bool = True) -> FolderResult:
+                   progress: bool = True, output_types: Sequence[str] = ("nifti",),
+                   dicom_reference: Path | None = None) -> FolderResult:
     """Predict every case of ``input_folder`` into ``output_folder``. A case that fails (unreadable, damaged,
     implausible, out of memory, or any unexpected error) is reported and skipped; the others go on, and
-    ``prediction_info.json`` lists every failure with its reason even when the run is interrupted."""
+    ``prediction_info.json`` lists every failure with its reason even when the run is interrupted.
+    ``output_types``: of ``nifti`` (label maps), ``dicom_seg``, ``rtstruct``; the DICOM ones reference each case's
+    input series, or ``dicom_reference/CASE/`` for cases given as image files."""
+    from autoorgan.inference.dicom_out import DICOM_SUFFIX, OUTPUT_TYPES
     from autoorgan.utils.locks import folder_lock
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if output_folder.resolve() == input_folder.resolve():
         raise UserError("the output folder must differ from the input folder")
     if predictor.output != "boxes" and (save_box_masks or save_png_file):
         raise UserError("--save_box_masks and --save_png are for boxes (organdetr) only")
+    if unknown := sorted(set(output_types) - set(OUTPUT_TYPES)):
+        raise UserError(f"unknown output type(s) {', '.join(unknown)}; choose from {', '.join(OUTPUT_TYPES)}")
+    predictor.output_types = tuple(output_types)
     cases, notes = find_input_cases(input_folder, predictor.num_channels)
+    dicom_types = [t for t in output_types if t in DICOM_SUFFIX]
+    if dicom_reference is not None and not Path(dicom_reference).is_dir():
+        raise UserError(f"--dicom_reference {dicom_reference} is not a folder (it holds one series folder per case)")
+    if dicom_types and dicom_reference is None and (files := [c.case_id for c in cases if c.dicom_dir is None]):
+        raise UserError(f"--output_type {' '.join(dicom_types)} references the DICOM series each scan came from, but "
+                        f"{len(files)} case(s) ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}) are image "
+                        "files: give DICOM series folders as input, or their series with --dicom_reference REF "
+                        "(REF/CASE/)")
     with folder_lock(output_folder, "prediction"):
         for stale in output_folder.glob(".*.tmp*"):  # left by a kill while writing (nobody else writes here now)
             stale.unlink(missing_ok=True)
@@ -336,7 +474,8 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
                     result.skipped.append(case.case_id)
                     continue
                 bar.set_postfix_str(case.case_id)
-                reason = _predict_one(predictor, case, output_folder, save_box_masks, save_png_file)
+                reason = _predict_one(predictor, case, output_folder, save_box_masks, save_png_file,
+                                      dicom_reference)
                 if reason is None:
                     result.done.append(case.case_id)
                 else:
@@ -345,9 +484,10 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
             bar.close()
         finally:
             result.seconds = time.time() - t0
-            info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds,
+            info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds, "backend": predictor.backend,
                     "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
+                    "output_types": list(output_types),
                     "done": len(result.done) + len(result.skipped), "configuration": predictor.section,
                     "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array "
                                       "order"}
@@ -356,11 +496,11 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
 
 
 def _predict_one(predictor: Predictor, case: InputCase, out_dir: Path, save_box_masks: bool,
-                 save_png_file: bool) -> str | None:
+                 save_png_file: bool, dicom_reference: Path | None = None) -> str | None:
     """Predict one case; None when done, else the one-line reason it failed (it never stops the batch)."""
     from autoorgan.utils.errors import os_error_message
     try:
-        predictor.predict_case(case, out_dir, save_box_masks, save_png_file)
+        predictor.predict_case(case, out_dir, save_box_masks, save_png_file, dicom_reference)
         return None
     except CaseError as err:
         return str(err)
