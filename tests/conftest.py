@@ -44,11 +44,31 @@ class LearningRuns:
         return (self.roots[name], *self.runs[name].result())
 
 
-@pytest.fixture(scope="session")
-def learning_runs(tmp_path_factory):
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that wait for the learning runs go last, and the runs start with the first test (``_early_learning``):
+    the other tests, mostly one core each, then run while the trainings do instead of after them (CI time)."""
+    late = [item for item in items if "learning_runs" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in late] + late
+    config.stash[_NEEDS_LEARNING] = bool(late)
+
+
+_NEEDS_LEARNING = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _early_learning(request, tmp_path_factory):
+    """Starts :class:`LearningRuns` before the first test when any collected test needs them (else None)."""
+    if not request.config.stash.get(_NEEDS_LEARNING, False):
+        yield None
+        return
     runs = LearningRuns(tmp_path_factory.mktemp("learning"))
     yield runs
     runs.pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def learning_runs(_early_learning):
+    return _early_learning
 
 
 @pytest.fixture

@@ -481,23 +481,28 @@ def test_model_zip_export_install_predict_and_hostile_zips(model_roots, tmp_path
     assert "checksum" in err or "size" in err, err
 
 
-def test_onnx_export_and_backend_give_the_pytorch_boxes(model_roots, tmp_path):
-    """autoorgan_export_onnx (3D GridSample, opset 20) then autoorgan_predict --backend onnx: the boxes of the
-    PyTorch backend within 1e-3 voxels; without an export, --backend onnx is a one-line error naming the command."""
+def test_onnx_export_and_backend_give_the_pytorch_boxes(model_roots, tmp_path, monkeypatch, capsys):
+    """autoorgan_export_onnx (3D GridSample, opset 20) then --backend onnx: the boxes of the PyTorch backend within
+    1e-3 voxels; without an export, --backend onnx is a one-line error naming the export command. (The commands run
+    in this process: a subprocess costs seconds of start-up each.)"""
     roots = dict(model_roots, results=tmp_path / "results")
     shutil.copytree(model_roots["results"], roots["results"])
+    for kind, path in roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
+    from autoorgan.cli.model_zip import main_onnx
+    from autoorgan.cli.predict import main as predict_main
     folder = _input_folder(tmp_path, 1)
-    common = ["-i", str(folder), "-d", "900", "-f", "0", "-device", "cpu", "--quiet"]
-    res = run_cli("autoorgan_predict", *common, "-o", str(tmp_path / "o1"), "--backend", "onnx", env_roots=roots)
-    assert res.returncode == 2 and "autoorgan_export_onnx" in res.stderr and len(res.stderr.splitlines()) == 1
-    res = run_cli("autoorgan_export_onnx", "-d", "900", "-f", "0", env_roots=roots)
-    assert res.returncode == 0, res.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["-i", str(folder), "-o", str(tmp_path / "o1"), "-d", "900", "-f", "0", "-device", "cpu",
+                      "--quiet", "--backend", "onnx"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "autoorgan_export_onnx" in err and len(err.strip().splitlines()) == 1, err
+    main_onnx(["-d", "900", "-f", "0"])
     meta = json.loads((roots["results"] / DATASET / MODEL / "fold_0" / "network.onnx.json").read_text())
     assert meta["opset"] == 20 and max(meta["max_abs_diff_vs_pytorch"].values()) < 1e-3
     for backend in ("torch", "onnx"):
-        res = run_cli("autoorgan_predict", *common, "-o", str(tmp_path / backend), "--backend", backend,
-                      env_roots=roots)
-        assert res.returncode == 0, res.stderr
+        predict_main(["-i", str(folder), "-o", str(tmp_path / backend), "-d", "900", "-f", "0", "-device", "cpu",
+                      "--quiet", "--backend", backend])
     a = json.loads((tmp_path / "torch" / "case00_boxes.json").read_text())["organs"]
     b = json.loads((tmp_path / "onnx" / "case00_boxes.json").read_text())["organs"]
     np.testing.assert_allclose([o["box_voxel"] for o in a], [o["box_voxel"] for o in b], atol=2e-3)
