@@ -67,6 +67,9 @@ def test_kill_9_then_continue_reproduces_the_uninterrupted_run(trained_roots):
               "-num_workers", "0"]
     ref = _train(trained_roots, *common, "-tr", "Uninterrupted")
     assert ref.returncode == 0, ref.stderr[-3000:]
+    # no --lr: the configuration's default is what the run stores (and what --c then checks against)
+    options = json.loads((_fold(trained_roots, "Uninterrupted", 0) / "trainer_options.json").read_text())
+    assert options["lr"] == 2e-4
     fold = _fold(trained_roots, "Interrupted", 0)
     exe = Path(sys.executable).with_name("autoorgan_train")
     proc = subprocess.Popen([str(exe), "910", "organdetr", *common, "-tr", "Interrupted"], env=cli_env(trained_roots),

@@ -1,9 +1,7 @@
-"""Thin trainer base (installed as ``autoorgan.trainers.base``): the loop, folders, folds, AdamW with the schedule of
-:mod:`autoorgan.training.schedule` (a time budget plans the epochs so the rate anneals at the deadline), checkpoints,
-exact resume (``--c``), logging, ``progress.png``, the device, DDP, and validation through the predictor. A
-configuration supplies ``build_loss()``, ``make_training_stream(n)``, ``collate_fn`` and ``compute_loss(batch)``; its
-network is the one its registry entry names. Results folder layout: docs/training.md.
-"""
+"""Thin trainer base (``autoorgan.trainers.base``): loop, folders, folds, AdamW with :mod:`autoorgan.training.schedule`
+(a time budget anneals at the deadline), checkpoints, exact resume (``--c``), logging, ``progress.png``, device, DDP,
+validation through the predictor. A configuration supplies ``build_loss()``, ``make_training_stream(n)``,
+``collate_fn``, ``compute_loss(batch)``; its network is its registry entry's. Results layout: docs/training.md."""
 from __future__ import annotations
 
 import copy
@@ -50,10 +48,12 @@ class TrainerBase:
     best_metric_key: str = "mAP"
     lr_schedule: str = "cosine"     # or "poly"
     default_grad_clip: float = 0.1  # gradient norm clip (DETR: 0.1; nnU-Net: 12)
+    default_lr: float = 2e-4        # AdamW learning rate without --lr (DETR's 1e-4 scaled for batch 2-4)
 
     def __init__(self, dataset_name: str, fold: int | str, options: TrainOptions, device: str = "cpu",
                  trainer_name: str | None = None, plans_name: str = PLANS_NAME):
         self.dataset_name, self.fold, self.opt = dataset_name, fold, options
+        self.opt.lr = self.default_lr if options.lr is None else options.lr  # stored, so --c checks the value
         self.entry = registered(self.configuration)
         self.section = self.entry.plans_section
         self.device = select_device(device)

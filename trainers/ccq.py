@@ -22,6 +22,7 @@ class CCQTrainer(TrainerBase):
     best_metric_key = "mean_Dice"
     lr_schedule = "poly"
     default_grad_clip = 12.0  # nnU-Net's
+    default_lr = 3e-3  # AdamW; 2e-4 (Organ-DETR's) left OpenKBP Dice at ~0 after 400 iterations (docs/ccq.md)
     all_classes_in_training = False  # True: every patch trains all K classes (DoDNet: its per-class head is cheap)
 
     def __init__(self, *args, **kwargs):

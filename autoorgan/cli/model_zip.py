@@ -76,6 +76,8 @@ def main_install(argv: list[str] | None = None) -> None:
     args = build_install_parser().parse_args(argv)
     from autoorgan.inference.model_zip import install_model_zip
     from autoorgan.utils.paths import results_root
+    if not Path(args.zip).is_file():
+        raise UserError(f"{args.zip} does not exist; give the .zip written by autoorgan_export_model_to_zip")
     target = install_model_zip(Path(args.zip), results_root(), args.overwrite)
     print(f"installed {target}; predict with autoorgan_predict_from_modelfolder -m {target} -i IN -o OUT")
 

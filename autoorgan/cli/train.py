@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"iterations per epoch (default {d.iters_per_epoch})")
     p.add_argument("--val_every", type=int, default=d.val_every,
                    help=f"validate every N epochs; the best checkpoint follows validation mAP (default {d.val_every})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default: the configuration's, organdetr 2e-4, ccq/dodnet/masked_sigmoid "
+                        "3e-3)")
     p.add_argument("--warmup_iters", type=int, default=d.warmup_iters,
                    help=f"linear warm-up iterations, at most 10%% of training (default {d.warmup_iters})")
     p.add_argument("--batch_size", type=int, default=None, help="batch size (default: from the plans)")
@@ -62,7 +64,7 @@ def check_options(args: argparse.Namespace) -> None:
     rules = [("--epochs", args.epochs, args.epochs >= 1, "at least 1"),
              ("--iters_per_epoch", args.iters_per_epoch, args.iters_per_epoch >= 1, "at least 1"),
              ("--val_every", args.val_every, args.val_every >= 1, "at least 1"),
-             ("--lr", args.lr, math.isfinite(args.lr) and 0 < args.lr <= 1, "a number in (0, 1]"),
+             ("--lr", args.lr, args.lr is None or (math.isfinite(args.lr) and 0 < args.lr <= 1), "a number in (0, 1]"),
              ("--warmup_iters", args.warmup_iters, args.warmup_iters >= 0, "0 or more"),
              ("--batch_size", args.batch_size, args.batch_size is None or args.batch_size >= 1, "at least 1"),
              ("--max_minutes", args.max_minutes,

@@ -15,7 +15,7 @@ class TrainOptions:
     epochs: int = 1000
     iters_per_epoch: int = 250
     val_every: int = 10
-    lr: float = 2e-4
+    lr: float | None = None         # None: the trainer's default_lr (organdetr 2e-4, segmentation 3e-3)
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     grad_clip: float | None = None  # None: the trainer's default_grad_clip
