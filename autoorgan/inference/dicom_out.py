@@ -22,6 +22,7 @@ import numpy as np
 
 from autoorgan.boxes import Geometry
 from autoorgan.inference.inputs import CaseError
+from autoorgan.inference.outputs import box_label_map
 from autoorgan.utils.fileio import atomic_output
 
 OUTPUT_TYPES = ("nifti", "dicom_seg", "rtstruct")
@@ -74,12 +75,8 @@ def organ_masks(label_map: np.ndarray | None, organs: dict[int, tuple[np.ndarray
     for label in label_values:
         if label_map is not None:
             mask = label_map == label
-        elif label in organs:
-            box = np.asarray(organs[label][0], np.float64)
-            lo = np.clip(np.ceil(box[:3] - 0.5), 0, shape).astype(int)
-            hi = np.clip(np.ceil(box[3:] - 0.5), 0, shape).astype(int)
-            mask = np.zeros(tuple(shape), bool)
-            mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        elif label in organs:  # the box alone, as --save_box_masks draws it (boxes may overlap here)
+            mask = box_label_map({label: organs[label]}, tuple(shape)) > 0
         else:
             continue
         if mask.any():

@@ -62,15 +62,21 @@ def box_label_map(organs: dict[int, tuple[np.ndarray, float]], shape: tuple[int,
     return out
 
 
-def write_image_atomic(array: np.ndarray, geometry: Geometry, path: Path) -> None:
-    """``array`` (array order) with ``geometry`` as a NIfTI/NRRD/MHA file (by ``path``'s ending)."""
+def to_sitk(array: np.ndarray, geometry: Geometry):
+    """``array`` (array order) as a SimpleITK image on ``geometry``'s grid."""
     import SimpleITK as sitk
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(geometry.spacing)
     img.SetOrigin(geometry.origin)
     img.SetDirection(geometry.direction)
+    return img
+
+
+def write_image_atomic(array: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """``array`` (array order) with ``geometry`` as a NIfTI/NRRD/MHA file (by ``path``'s ending)."""
+    import SimpleITK as sitk
     with atomic_output(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        sitk.WriteImage(to_sitk(array, geometry), str(tmp), useCompression=True)
 
 
 CT_WINDOW = (400.0, 40.0)  # soft tissue: width, level (HU)
@@ -81,10 +87,7 @@ def _to_lps(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarr
     """``array [n0, n1, n2]`` on ``geometry``'s grid -> (the array with axes permuted/flipped so that its axes point
     to S, P, L (an oblique scan: the nearest axes; no resampling), mm spacing along those axes)."""
     import SimpleITK as sitk
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(geometry.spacing)
-    img.SetDirection(geometry.direction)
-    out = sitk.DICOMOrient(img, "LPS")
+    out = sitk.DICOMOrient(to_sitk(array, geometry), "LPS")
     return sitk.GetArrayFromImage(out), np.asarray(out.GetSpacing())[::-1]
 
 

@@ -295,14 +295,8 @@ class Prediction:
 
     def label_image(self) -> Any:
         """:attr:`label_map` as a SimpleITK image with the input's geometry (None for box models)."""
-        if self.label_map is None:
-            return None
-        import SimpleITK as sitk
-        img = sitk.GetImageFromArray(self.label_map)
-        img.SetSpacing(self.geometry.spacing)
-        img.SetOrigin(self.geometry.origin)
-        img.SetDirection(self.geometry.direction)
-        return img
+        from autoorgan.inference.outputs import to_sitk
+        return None if self.label_map is None else to_sitk(self.label_map, self.geometry)
 
 
 @dataclass
