@@ -3,10 +3,18 @@ on the *same* preprocessed data, plans configuration and split as ``autoorgan_tr
 are background for it (what nnU-Net does with partial labels).
 
     python bench/nnunet_baseline.py 501 0 --epochs 10 --iters 50 [--configuration ccq]
+    python bench/nnunet_baseline.py 501 0 --epochs 100000 --iters 25 --max_minutes 60   # a wall-clock budget
+
+Fair to nnU-Net under a short budget: its network is its own ``PlainConvUNet`` with the section's stages, widths
+and kernels; with ``--max_minutes`` its poly schedule is sized from the measured epoch time so that the learning
+rate anneals at the deadline (nnU-Net sizes it for ``--epochs``; cut off early it would stop at a high rate); no
+mirroring by default (nnU-Net's ``nnUNetTrainerNoMirroring``: mirroring swaps left/right organs; ``--mirror`` for
+nnU-Net's default).
 
 nnU-Net finds only trainers inside its package, so this script builds the trainer class directly. Results land in
-``$autoorgan_results/DatasetXXX/nnUNetTrainerShort__autoorganPlans__<configuration>/fold_F`` (nnU-Net's layout,
-with its own validation in ``validation/``). Evaluate with ``autoorgan_evaluate`` to exclude unannotated organs.
+``$autoorgan_results/DatasetXXX/nnUNetTrainerShort__autoorganPlans__<configuration>/fold_F``
+(nnU-Net's layout, with its own validation in ``validation/``). Evaluate with ``autoorgan_evaluate`` to exclude
+unannotated organs.
 """
 from __future__ import annotations
 
@@ -25,7 +33,14 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--configuration", default="ccq")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max_minutes", type=float, default=None, help="stop after the first epoch past this budget")
+    p.add_argument("--mirror", action="store_true",
+                   help="nnU-Net's default mirroring (training augmentation and test-time). Off by default: "
+                        "mirroring swaps left/right organs (parotids), so the baseline is nnU-Net's own "
+                        "nnUNetTrainerNoMirroring, as our configurations do not mirror either")
+    p.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget: after every epoch the poly schedule's length is re-estimated from the "
+                        "mean epoch time so that the learning rate reaches ~0 at the deadline (--epochs is then an "
+                        "upper bound); training stops at the first epoch end past the budget")
     args = p.parse_args()
     import torch
 
@@ -33,13 +48,17 @@ def main() -> None:
     name = find_dataset_name(args.dataset)
     with nnunet_paths():
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+            nnUNetTrainerNoMirroring,
+        )
+        base = nnUNetTrainer if args.mirror else nnUNetTrainerNoMirroring
 
         class Budget(Exception):
             pass
 
         deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
 
-        class nnUNetTrainerShort(nnUNetTrainer):
+        class nnUNetTrainerShort(base):  # type: ignore[misc, valid-type]
             def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                          device: torch.device = torch.device("cuda")):  # nnU-Net reads this signature
                 super().__init__(plans, configuration, fold, dataset_json, device)
@@ -47,10 +66,24 @@ def main() -> None:
                 self.num_iterations_per_epoch = args.iters
                 self.num_val_iterations_per_epoch = 5
 
+            def on_train_start(self):
+                super().on_train_start()
+                self.started = time.time()
+
             def on_epoch_end(self):
-                super().on_epoch_end()
-                if deadline is not None and time.time() > deadline and self.current_epoch < self.num_epochs:
+                super().on_epoch_end()  # current_epoch = epochs done
+                if deadline is None or self.current_epoch >= self.num_epochs:
+                    return
+                now = time.time()
+                per_epoch = (now - self.started) / self.current_epoch
+                if deadline - now < per_epoch / 2:
                     raise Budget
+                # nnU-Net plans its poly schedule for num_epochs; under a time budget size it from the measured
+                # epoch time, so the learning rate anneals at the deadline instead of being cut at a high value
+                planned = self.current_epoch + round((deadline - now) / per_epoch)
+                self.lr_scheduler.max_steps = min(self.num_epochs, max(self.current_epoch + 1, planned))
+                self.print_to_log_file(f"time budget: schedule sized to {self.lr_scheduler.max_steps} epochs "
+                                       f"({per_epoch:.1f} s per epoch)")
 
         plans = json.loads((preprocessed_root() / name / "autoorganPlans.json").read_text())
         ds = json.loads((preprocessed_root() / name / "dataset.json").read_text())
@@ -65,6 +98,8 @@ def main() -> None:
             if f.suffix in (".b2nd", ".pkl") and not (view / f.name).exists():
                 (view / f.name).symlink_to(f)
         cfg["data_identifier"] = view.name
+        # the section names our network; nnU-Net builds its own U-Net from the same stages, widths and kernels
+        cfg["architecture"]["network_class_name"] = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
         plans["continue_training"] = False  # nnunetv2 2.8 reads this from the plans (its run_training sets it)
         trainer = nnUNetTrainerShort(plans, args.configuration, args.fold, ds, device=torch.device(args.device))
         trainer.num_workers = int(os.environ.get("nnUNet_n_proc_DA", "1"))
