@@ -25,6 +25,38 @@ import time
 from pathlib import Path
 
 
+def write_boxes_from_exports(folder: Path, dataset_json: dict) -> None:
+    """``CASE_boxes.json`` beside each of nnU-Net's exported label maps, made as autoorgan makes them for its
+    segmentation configurations (:mod:`autoorgan.inference.mask_boxes`: the box of each organ's largest component,
+    scored by the organ's mean softmax probability over it), so ``autoorgan_evaluate`` scores nnU-Net as a detector
+    too. nnU-Net's ``CASE.npz`` (``probabilities [C, n0, n1, n2]``, label value = channel, on the exported grid)
+    and ``CASE.pkl`` are removed afterwards (tens of MB per case)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from autoorgan.boxes import Geometry
+    from autoorgan.inference.export import case_box_record
+    from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores
+    from autoorgan.utils.fileio import write_json_atomic
+    names = {int(v): k for k, v in dataset_json["labels"].items() if int(v) > 0}
+    labels = sorted(names)
+    for npz in sorted(folder.glob("*.npz")):
+        case = npz.stem
+        image = sitk.ReadImage(str(folder / f"{case}{dataset_json['file_ending']}"))
+        label_map = sitk.GetArrayFromImage(image)
+        probs = np.load(npz)["probabilities"]
+        if probs.shape[1:] != label_map.shape:
+            raise SystemExit(f"{npz}: probabilities {probs.shape} do not lie on the label map's grid "
+                             f"{label_map.shape}")
+        boxes = boxes_from_label_map(label_map, labels)
+        scores = component_scores(label_map, probs[labels], labels)
+        record = case_box_record(case, {k: (np.asarray(b, np.float64), scores[k]) for k, b in boxes.items()},
+                                 names, Geometry.from_sitk(image))
+        write_json_atomic(record, folder / f"{case}_boxes.json")
+        npz.unlink()
+        npz.with_suffix(".pkl").unlink(missing_ok=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dataset")
@@ -33,6 +65,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--configuration", default="ccq")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no_boxes", action="store_true",
+                   help="do not write CASE_boxes.json (boxes from the exported masks) beside nnU-Net's validation")
     p.add_argument("--mirror", action="store_true",
                    help="nnU-Net's default mirroring (training augmentation and test-time). Off by default: "
                         "mirroring swaps left/right organs (parotids), so the baseline is nnU-Net's own "
@@ -109,13 +143,15 @@ def main() -> None:
             trainer.print_to_log_file(f"time budget of {args.max_minutes} min reached; stopping")
             trainer.on_train_end()
         try:
-            trainer.perform_actual_validation(False)
+            trainer.perform_actual_validation(not args.no_boxes)  # probabilities for the box scores
         except FileNotFoundError as e:
             # nnU-Net scores its exports against preprocessed/gt_segmentations, which we do not write: its metrics
             # would count unannotated organs as background anyway. The exports are complete at this point.
             if "gt_segmentations" not in str(e):
                 raise
         val = Path(trainer.output_folder) / "validation"
+        if not args.no_boxes:
+            write_boxes_from_exports(val, ds)
         print(f"nnU-Net baseline done: {trainer.output_folder}\nevaluate its validation exports (unannotated organs "
               f"left out): autoorgan_evaluate -ref $autoorgan_raw/{name}/labelsTr -pred {val} -d {args.dataset}")
 
