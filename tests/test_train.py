@@ -217,7 +217,8 @@ class StepClock:
         return time.strftime(fmt)
 
 
-def _budget_trainer(roots, monkeypatch, clock, epochs: int):
+def _budget_trainer(roots, monkeypatch, clock, epochs: int, minutes: float = 0.15, step_seconds=lambda t: 1.0,
+                    name: str = "Anneal"):
     from autoorgan.trainers import base
     from autoorgan.trainers.organdetr import OrganDETRTrainer
     from autoorgan.training.options import TrainOptions
@@ -225,12 +226,12 @@ def _budget_trainer(roots, monkeypatch, clock, epochs: int):
         monkeypatch.setenv(f"autoorgan_{kind}", str(path))
     monkeypatch.setattr(base, "time", clock)
     opt = TrainOptions(epochs=epochs, iters_per_epoch=2, val_every=1000, lr=1e-3, warmup_iters=0, num_workers=0,
-                       max_minutes=0.15, no_val=True)
-    trainer = OrganDETRTrainer(DATASET, 0, opt, "cpu", trainer_name="Anneal")
+                       max_minutes=minutes, no_val=True)
+    trainer = OrganDETRTrainer(DATASET, 0, opt, "cpu", trainer_name=name)
     step = trainer.compute_loss
 
     def timed_step(batch):
-        clock.now += 1.0
+        clock.now += step_seconds(trainer)
         return step(batch)
     monkeypatch.setattr(trainer, "compute_loss", timed_step)
     return trainer
@@ -239,7 +240,7 @@ def _budget_trainer(roots, monkeypatch, clock, epochs: int):
 def test_time_budget_plans_the_schedule_to_anneal_at_the_deadline(trained_roots, monkeypatch):
     """--max_minutes times the first epoch (from its second step: the first pays start-up costs) and plans the run
     so the cosine reaches 0 at the last epoch, before the deadline; the plan is kept in the checkpoint, so continuing
-    keeps the same schedule. A clock that moves 1 s per step makes it exact: 9 s budget, 2 steps of 1 s per epoch,
+    a finished run keeps it. A clock that moves 1 s per step makes it exact: 9 s budget, 2 steps of 1 s per epoch,
     0.45 s reserved (5 %) -> 1 + (7 - 0.45) // 2 = 4 epochs."""
     from autoorgan.training.schedule import FINAL_RESERVE
     clock = StepClock()
@@ -253,6 +254,41 @@ def test_time_budget_plans_the_schedule_to_anneal_at_the_deadline(trained_roots,
     cont = _budget_trainer(trained_roots, monkeypatch, StepClock(), epochs=600)
     cont.run(continue_training=True)
     assert cont.planned_epochs == expected and len(cont.history["train_loss"]) == expected
+
+
+def test_time_budget_replans_after_a_slow_first_epoch(trained_roots, monkeypatch):
+    """One slow epoch (a job beside it) must not end the run early: the plan is renewed after every epoch from the
+    median epoch time. 18 s budget (0.9 s reserved), first epoch 2 x 3 s, then 2 x 1 s: planned 2 epochs after the
+    first, 4 after the second ([6, 2] -> 4 s), then 6 (median 2 s); 6 epochs end at 16 s, annealed. Timing only the
+    first epoch would stop after 8 s."""
+    clock = StepClock()
+    trainer = _budget_trainer(trained_roots, monkeypatch, clock, epochs=500, minutes=0.3,
+                              step_seconds=lambda t: 3.0 if t.epoch == 0 else 1.0, name="SlowFirst")
+    trainer.run()
+    h = trainer.history
+    assert trainer.planned_epochs == len(h["train_loss"]) == 6
+    assert clock.now - 1000.0 == 16.0 and h["lr"][-1] < 1e-12
+
+
+def test_time_budget_counts_the_time_before_an_interruption(trained_roots, monkeypatch):
+    """A run stopped after 2 epochs (4 s of an 18 s budget) and continued with --c ends where the uninterrupted run
+    would (8 epochs, 16 s in all): the checkpoint keeps the time spent, the continued run gets only the rest."""
+    clock = StepClock()
+
+    def step_or_stop(t):
+        if t.epoch == 2:
+            raise KeyboardInterrupt
+        return 1.0
+    first = _budget_trainer(trained_roots, monkeypatch, clock, epochs=500, minutes=0.3, step_seconds=step_or_stop,
+                            name="Interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert first.epoch == 2 and first.planned_epochs == 8
+    clock2 = StepClock()
+    cont = _budget_trainer(trained_roots, monkeypatch, clock2, epochs=500, minutes=0.3, name="Interrupted")
+    cont.run(continue_training=True)
+    assert len(cont.history["train_loss"]) == cont.planned_epochs == 8
+    assert 4.0 + clock2.now - 1000.0 == 16.0
 
 
 def test_epochs_for_budget():

@@ -24,7 +24,7 @@ from autoorgan.inference.predictor import PREDICTOR_CLASSES
 from autoorgan.planning.plans import PLANS_NAME, get_configuration, load_plans
 from autoorgan.training.options import TrainOptions, check_resumable
 from autoorgan.training.progress import plot_progress
-from autoorgan.training.schedule import EpochBatches, epochs_for_budget, lr_factor, make_loader
+from autoorgan.training.schedule import EpochBatches, TimeBudget, lr_factor, make_loader
 from autoorgan.training.splits import get_split
 from autoorgan.training.validation import validate
 from autoorgan.utils.checkpoints import (
@@ -79,6 +79,7 @@ class TrainerBase:
         if self.batch_size % self.world:
             raise UserError(f"batch size {self.batch_size} is not divisible by the {self.world} processes")
         self.epoch, self.planned_epochs, self.time_planned = 0, options.epochs, False
+        self.budget, self.time_spent = TimeBudget(None, 0.0), 0.0  # --max_minutes (set by run)
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
         self.best = -math.inf
         self.network: nn.Module | None = None
@@ -146,7 +147,7 @@ class TrainerBase:
         seed_everything(self.opt.seed)
         net = self.build_network().to(self.device)
         self.optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
-        n_it = self.opt.iters_per_epoch  # the schedule follows planned_epochs (changed once by a time budget)
+        n_it = self.opt.iters_per_epoch  # the schedule follows planned_epochs (a time budget re-plans it)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(
             it, self.planned_epochs * n_it, min(self.opt.warmup_iters, self.planned_epochs * n_it // 10),
             self.lr_schedule))
@@ -174,7 +175,7 @@ class TrainerBase:
                 "history": self.history, "options": asdict(self.opt), "trainer_name": self.trainer_name,
                 "configuration": self.configuration, "plans_section": self.section, "dataset_name": self.dataset_name,
                 "plans_name": self.plans_name, "rng": rng_states(), "planned_epochs": self.planned_epochs,
-                "time_planned": self.time_planned}
+                "time_planned": self.time_planned, "time_spent": time.time() - self.budget.start}
 
     def save_checkpoint(self, name: str) -> None:
         if self.is_main:
@@ -186,8 +187,9 @@ class TrainerBase:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.best, self.history = ck["epoch"], ck["best"], ck["history"]
-        if ck.get("time_planned"):  # keep the schedule the time budget fixed, so the continued run is exact
+        if ck.get("time_planned"):  # continue the time budget's plan and what is left of the budget
             self.planned_epochs, self.time_planned = min(int(ck["planned_epochs"]), self.opt.epochs), True
+            self.time_spent = float(ck.get("time_spent", 0.0))
         restore_rng_states(ck["rng"])
 
     def run(self, continue_training: bool = False) -> dict:
@@ -210,18 +212,10 @@ class TrainerBase:
                  f"{len(self.val_ids)} val cases, batch {self.batch_size}, {self.opt.epochs} epochs x "
                  f"{self.opt.iters_per_epoch} iterations, device {self.device}, {self.world} process(es)")
         summary: dict = {}
-        start = time.time()
-        deadline = start + 60 * self.opt.max_minutes if self.opt.max_minutes else None
+        self.budget = TimeBudget(self.opt.max_minutes, time.time() - self.time_spent)
         while self.epoch < self.planned_epochs:
-            t_epoch, summary = time.time(), self.train_epoch() or summary  # (left to right: t_epoch first)
-            if deadline is not None and not self.time_planned:  # steady steps, or the whole epoch when longer
-                epoch_s = max(self.iteration_seconds * self.opt.iters_per_epoch, time.time() - t_epoch)
-                self.planned_epochs = epochs_for_budget(deadline - start, deadline - time.time(), epoch_s, self.epoch,
-                                                        self.opt.epochs)
-                self.time_planned = True
-                self.log(f"time budget {self.opt.max_minutes:g} min: {self.planned_epochs} epochs planned at "
-                         f"{epoch_s:.1f} s each, the learning rate anneals to 0 at the last")
-            if deadline is not None and time.time() > deadline and self.epoch < self.planned_epochs:
+            summary = self.train_epoch() or summary
+            if self.budget.expired(time.time()) and self.epoch < self.planned_epochs:
                 self.log(f"time budget of {self.opt.max_minutes:g} min reached after epoch {self.epoch}; stopping")
                 if self.is_main:
                     summary = self.validate(final=True)
@@ -270,6 +264,12 @@ class TrainerBase:
         for key, value in (("epoch", self.epoch), ("lr", self.optimizer.param_groups[0]["lr"]), ("train_loss", mean),
                            ("epoch_time", time.time() - t0)):
             self.history[key].append(value)
+        if self.budget.active:  # before deciding whether this epoch is the last
+            planned, self.time_planned = self.planned_epochs, True
+            self.planned_epochs = self.budget.plan(time.time(), time.time() - t0, self.iteration_seconds * n_it,
+                                                   self.epoch, self.opt.epochs)
+            if planned != self.planned_epochs:
+                self.log(f"time budget {self.opt.max_minutes:g} min: {self.planned_epochs} epochs planned (lr -> 0)")
         msg = (f"epoch {self.epoch}/{self.planned_epochs} loss {mean['total']:.4f} (" +
                ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "total") +
                f") lr {self.history['lr'][-1]:.2e} {time.time() - t0:.1f} s")

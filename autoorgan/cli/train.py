@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"linear warm-up iterations, at most 10%% of training (default {d.warmup_iters})")
     p.add_argument("--batch_size", type=int, default=None, help="batch size (default: from the plans)")
     p.add_argument("--max_minutes", type=float, default=None,
-                   help="wall-clock budget: stop after the first epoch that ends past it, then validate")
+                   help="wall-clock budget in minutes: the epochs that fit are planned (again after every epoch) so "
+                        "the learning rate anneals at the deadline, which is also a hard stop; --c continues with "
+                        "what is left of it")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("-num_workers", type=int, default=None,
                    help="data loader worker processes (default: 2, or 0 with one CPU core)")

@@ -21,7 +21,7 @@ class TrainOptions:
     grad_clip: float | None = None  # None: the trainer's default_grad_clip
     seed: int = 12345
     batch_size: int | None = None   # None: from the plans
-    max_minutes: float | None = None  # stop after the first epoch that ends past this wall-clock budget
+    max_minutes: float | None = None  # wall-clock budget: epochs re-planned after each one, lr anneals at the end
     num_workers: int = 2
     no_val: bool = False            # skip validation (interim and final), e.g. when predicting separately
     extra: dict = field(default_factory=dict)  # configuration-specific (e.g. matcher)
