@@ -53,7 +53,7 @@ class CCQPlanner(AutoOrganPlannerBase):
         plan["ccq"] = {"num_class_queries": NUM_CLASS_QUERIES, "members": members,
                        "classes": list(foreground_labels(self.dataset_json)),
                        "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH,
-                       "dynamic_head": True}
+                       "dynamic_head": True, "bottleneck_skip": False}
         plan["_why"] = {
             "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
                        "anisotropic axis)",
@@ -72,5 +72,8 @@ class CCQPlanner(AutoOrganPlannerBase):
             "combine_threshold": "inference: a voxel takes the most probable class if that probability is > 0.5",
             "dynamic_head": "DoDNet's task-conditioned head ends the decoder, as in the CCQ authors' code (CCQ is "
                             "built on DoDNet); false: one static head for all classes (ablation)",
+            "bottleneck_skip": "false: the decoder starts from the class queries' map Q_d alone, as the paper "
+                               "describes; true: the encoder's last map joins Q_d through an attentive skip (eq. 5) "
+                               "like every other encoder stage (docs/ccq.md)",
         }
         return plan

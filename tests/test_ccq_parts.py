@@ -49,12 +49,13 @@ def test_perfect_prediction_has_small_loss():
 def _net(name: str, classes: int):
     from autoorgan.networks.ccq import CCQ, DoDNet
     from autoorgan.networks.unet import SigmoidUNet
-    if name == "ccq":
-        return CCQ(1, classes, ARCH, PATCH, num_queries=6, hidden_dim=16, num_heads=2)
+    if name.startswith("ccq"):
+        return CCQ(1, classes, ARCH, PATCH, num_queries=6, hidden_dim=16, num_heads=2,
+                   bottleneck_skip=name == "ccq_bottleneck_skip")
     return DoDNet(1, classes, ARCH) if name == "dodnet" else SigmoidUNet(1, classes, ARCH)
 
 
-@pytest.mark.parametrize("name", ["ccq", "dodnet", "masked_sigmoid"])
+@pytest.mark.parametrize("name", ["ccq", "ccq_bottleneck_skip", "dodnet", "masked_sigmoid"])
 @pytest.mark.parametrize("shape", [PATCH, (16, 32, 16)])
 def test_networks_run_at_planned_and_other_sizes(name, shape):
     torch.manual_seed(0)
@@ -70,6 +71,24 @@ def test_networks_run_at_planned_and_other_sizes(name, shape):
     last_head = f"seg_layers.{len(ARCH['features_per_stage']) - 2}."   # the U-Net's deep-supervision heads are unused
     assert all(p.grad is not None for n, p in net.named_parameters()
                if "task_tokens" not in n and ("seg_layers" not in n or last_head in n))
+
+
+@pytest.mark.parametrize("bottleneck_skip", [False, True])
+def test_ccq_bottleneck_skip_brings_the_image_layout_into_the_decoder(bottleneck_skip):
+    """The paper's decoder input Q_d has one spatial layout for every image (the learned N_q -> N map); with
+    ``bottleneck_skip`` the encoder's last map joins it (eq. 5), so the deepest decoder input follows the image.
+    With the query-to-grid map zeroed, Q_d is constant over space: only the skip can make it vary."""
+    torch.manual_seed(0)
+    net = _net("ccq_bottleneck_skip" if bottleneck_skip else "ccq", 3)
+    with torch.no_grad():
+        net.to_grid.weight.zero_()
+        net.to_grid.bias.zero_()
+    seen = []
+    decode = net.unet.decode
+    net.unet.decode = lambda x, skips: seen.append(x) or decode(x, skips)
+    net(torch.randn(1, 1, *PATCH), torch.tensor([1]))
+    spatial_std = float(seen[0].flatten(2).std(-1).max())
+    assert (spatial_std > 1e-3) if bottleneck_skip else (spatial_std < 1e-6)
 
 
 def test_ccq_class_token_steers_queries_when_residual_stream_grows():

@@ -13,7 +13,8 @@ map per class):
 * gated weighting: ``Q_w = sigmoid(FC([Q_dec; Q_enc; TEB_k])) * Q_dec`` (eq. 4), then a linear map from the ``N_q``
   query axis to the ``N`` bottleneck positions reshaped to ``Q_d [C, d, h, w]`` (resized like ``P``);
 * CNN decoder with attentive skips ``S_a = sigmoid(Conv1x1([U; S])) * S + S`` added to the upsampled map ``U``
-  (eq. 5), then the stage's convolutions;
+  (eq. 5), then the stage's convolutions; with the plans' ``ccq.bottleneck_skip`` the encoder's last map joins
+  ``Q_d`` the same way (the paper's decoder input is ``Q_d`` alone);
 * the class's logit map from DoDNet's **dynamic head** (:class:`DynamicHead`: three 1x1x1 convolutions whose
   weights a controller makes from the pooled bottleneck and the class's one-hot code). The paper builds CCQ on
   DoDNet as its baseline ("we choose [DoDNet] as our baseline" and add the modules above; the authors' code,
@@ -145,7 +146,7 @@ class CCQ(nn.Module):
 
     def __init__(self, input_channels: int, num_classes: int, arch_kwargs: dict, patch_size: Sequence[int],
                  num_queries: int = 32, hidden_dim: int | None = None, num_heads: int = 8, depth: int = 1,
-                 dynamic_head: bool = True):
+                 dynamic_head: bool = True, bottleneck_skip: bool = False):
         super().__init__()
         self.unet = UNetParts(input_channels, arch_kwargs, attentive_skips=True)
         c_last = self.unet.features[-1]
@@ -176,6 +177,10 @@ class CCQ(nn.Module):
         else:  # ablation: one static 1x1x1 head for every class
             self.head = nn.Conv3d(self.unet.features[0], 1, 1)
         self.dynamic_head = dynamic_head
+        # eq. 5 also at the bottleneck: the encoder's last map joins Q_d through an attentive skip, as every other
+        # encoder stage joins the decoder. Without it the decoder's deepest input is Q_d alone, whose spatial layout
+        # (the learned N_q -> N map) is the same for every image (docs/ccq.md)
+        self.bottleneck_gate = nn.Conv3d(2 * c_last, c_last, 1) if bottleneck_skip else None
         self.num_classes, self.num_queries = num_classes, num_queries
 
     @classmethod
@@ -184,7 +189,8 @@ class CCQ(nn.Module):
         return cls(input_channels, num_classes, configuration["architecture"]["arch_kwargs"],
                    configuration["patch_size"], num_queries=int(ccq.get("num_class_queries", 32)),
                    hidden_dim=ccq.get("hidden_dim"), num_heads=int(ccq.get("num_heads", 8)),
-                   depth=int(ccq.get("transformer_depth", 1)), dynamic_head=bool(ccq.get("dynamic_head", True)))
+                   depth=int(ccq.get("transformer_depth", 1)), dynamic_head=bool(ccq.get("dynamic_head", True)),
+                   bottleneck_skip=bool(ccq.get("bottleneck_skip", False)))
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """``x [B, C_in, D, H, W]``; ``classes`` (indices into the dataset's labels) ``[K]`` for every image, or
@@ -209,6 +215,9 @@ class CCQ(nn.Module):
         q_d = self.to_grid(q_w.transpose(1, 2)).reshape(b * k, c, *self.grid)
         q_d = self.proj_out(_resize_grid(q_d, grid))                     # [B*K, C_last, d, h, w]
         skips_bk = [s[:, None].expand(-1, k, *s.shape[1:]).reshape(b * k, *s.shape[1:]) for s in skips]
+        if self.bottleneck_gate is not None:                             # eq. 5 with U = Q_d, S = F
+            s = skips_bk[-1]
+            q_d = q_d + torch.sigmoid(self.bottleneck_gate(torch.cat([q_d, s], 1))) * s + s
         dec = self.unet.decode(q_d, skips_bk)                            # [B*K, C_0, D, H, W]
         if self.dynamic_head:
             out = self.head(self.pre_head(dec), skips[-1].mean((2, 3, 4)), classes)   # [B*K, 1, D, H, W]
