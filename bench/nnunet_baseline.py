@@ -72,12 +72,13 @@ def main() -> None:
                         "mirroring swaps left/right organs (parotids), so the baseline is nnU-Net's own "
                         "nnUNetTrainerNoMirroring, as our configurations do not mirror either")
     p.add_argument("--max_minutes", type=float, default=None,
-                   help="wall-clock budget: after every epoch the poly schedule's length is re-estimated from the "
-                        "mean epoch time so that the learning rate reaches ~0 at the deadline (--epochs is then an "
-                        "upper bound); training stops at the first epoch end past the budget")
+                   help="wall-clock budget, planned as autoorgan_train plans it: after every epoch the poly "
+                        "schedule's length is re-planned from the median epoch time so that the learning rate reaches "
+                        "~0 at the deadline (--epochs is then an upper bound)")
     args = p.parse_args()
     import torch
 
+    from autoorgan.training.schedule import TimeBudget
     from autoorgan.utils.paths import find_dataset_name, nnunet_paths, preprocessed_root
     name = find_dataset_name(args.dataset)
     with nnunet_paths():
@@ -90,7 +91,7 @@ def main() -> None:
         class Budget(Exception):
             pass
 
-        deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
+        budget = TimeBudget(args.max_minutes, time.time())  # the trainers' budget planner, for nnU-Net's epochs
 
         class nnUNetTrainerShort(base):  # type: ignore[misc, valid-type]
             def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -100,24 +101,23 @@ def main() -> None:
                 self.num_iterations_per_epoch = args.iters
                 self.num_val_iterations_per_epoch = 5
 
-            def on_train_start(self):
-                super().on_train_start()
-                self.started = time.time()
+            def on_epoch_start(self):
+                super().on_epoch_start()
+                self.epoch_started = time.time()
 
             def on_epoch_end(self):
                 super().on_epoch_end()  # current_epoch = epochs done
-                if deadline is None or self.current_epoch >= self.num_epochs:
+                if not budget.active or self.current_epoch >= self.num_epochs:
                     return
                 now = time.time()
-                per_epoch = (now - self.started) / self.current_epoch
-                if deadline - now < per_epoch / 2:
+                wall = now - self.epoch_started
+                planned = budget.plan(now, wall, wall, self.current_epoch, self.num_epochs)
+                if planned <= self.current_epoch or budget.expired(now):
                     raise Budget
-                # nnU-Net plans its poly schedule for num_epochs; under a time budget size it from the measured
-                # epoch time, so the learning rate anneals at the deadline instead of being cut at a high value
-                planned = self.current_epoch + round((deadline - now) / per_epoch)
-                self.lr_scheduler.max_steps = min(self.num_epochs, max(self.current_epoch + 1, planned))
-                self.print_to_log_file(f"time budget: schedule sized to {self.lr_scheduler.max_steps} epochs "
-                                       f"({per_epoch:.1f} s per epoch)")
+                # nnU-Net plans its poly schedule for num_epochs; under a time budget it follows the plan, so the
+                # learning rate anneals at the deadline instead of being cut at a high value
+                self.lr_scheduler.max_steps = planned
+                self.print_to_log_file(f"time budget: schedule sized to {planned} epochs")
 
         plans = json.loads((preprocessed_root() / name / "autoorganPlans.json").read_text())
         ds = json.loads((preprocessed_root() / name / "dataset.json").read_text())
