@@ -280,12 +280,12 @@ def test_time_budget_counts_the_time_before_an_interruption(trained_roots, monke
             raise KeyboardInterrupt
         return 1.0
     first = _budget_trainer(trained_roots, monkeypatch, clock, epochs=500, minutes=0.3, step_seconds=step_or_stop,
-                            name="Interrupted")
+                            name="BudgetInterrupted")
     with pytest.raises(KeyboardInterrupt):
         first.run()
     assert first.epoch == 2 and first.planned_epochs == 8
     clock2 = StepClock()
-    cont = _budget_trainer(trained_roots, monkeypatch, clock2, epochs=500, minutes=0.3, name="Interrupted")
+    cont = _budget_trainer(trained_roots, monkeypatch, clock2, epochs=500, minutes=0.3, name="BudgetInterrupted")
     cont.run(continue_training=True)
     assert len(cont.history["train_loss"]) == cont.planned_epochs == 8
     assert 4.0 + clock2.now - 1000.0 == 16.0
