@@ -13,7 +13,8 @@ nnU-Net's default).
 
 nnU-Net finds only trainers inside its package, so this script builds the trainer class directly. Results land in
 ``$autoorgan_results/DatasetXXX/nnUNetTrainerShort__autoorganPlans__<configuration>/fold_F``
-(nnU-Net's layout, with its own validation in ``validation/``). Evaluate with ``autoorgan_evaluate`` to exclude
+(nnU-Net's layout, with its own validation in ``validation/``; ``nnUNetTrainerShortAdamW__...`` with
+``--optimizer adamw``). Evaluate with ``autoorgan_evaluate`` to exclude
 unannotated organs.
 """
 from __future__ import annotations
@@ -71,6 +72,12 @@ def main() -> None:
                    help="nnU-Net's default mirroring (training augmentation and test-time). Off by default: "
                         "mirroring swaps left/right organs (parotids), so the baseline is nnU-Net's own "
                         "nnUNetTrainerNoMirroring, as our configurations do not mirror either")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="sgd: nnU-Net's default (SGD, Nesterov momentum 0.99, lr 1e-2, poly); adamw: nnU-Net's own "
+                        "nnUNetTrainerAdam recipe (AdamW, poly), the optimizer autoorgan's segmentation trainers use")
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default: nnU-Net's 1e-2 for sgd; 3e-3 for adamw, as autoorgan_train "
+                        "ccq/dodnet/masked_sigmoid)")
     p.add_argument("--max_minutes", type=float, default=None,
                    help="wall-clock budget, planned as autoorgan_train plans it: after every epoch the poly "
                         "schedule's length is re-planned from the median epoch time so that the learning rate reaches "
@@ -100,6 +107,16 @@ def main() -> None:
                 self.num_epochs = args.epochs
                 self.num_iterations_per_epoch = args.iters
                 self.num_val_iterations_per_epoch = 5
+                if args.lr is not None or args.optimizer == "adamw":
+                    self.initial_lr = args.lr if args.lr is not None else 3e-3
+
+            def configure_optimizers(self):
+                if args.optimizer == "sgd":
+                    return super().configure_optimizers()
+                from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+                optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr,
+                                              weight_decay=self.weight_decay, amsgrad=True)  # as nnUNetTrainerAdam
+                return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
             def on_epoch_start(self):
                 super().on_epoch_start()
@@ -119,6 +136,8 @@ def main() -> None:
                 self.lr_scheduler.max_steps = planned
                 self.print_to_log_file(f"time budget: schedule sized to {planned} epochs")
 
+        if args.optimizer == "adamw":  # its own results folder (nnU-Net names it after the trainer class)
+            nnUNetTrainerShort.__name__ = nnUNetTrainerShort.__qualname__ = "nnUNetTrainerShortAdamW"
         plans = json.loads((preprocessed_root() / name / "autoorganPlans.json").read_text())
         ds = json.loads((preprocessed_root() / name / "dataset.json").read_text())
         ds.pop("annotated_labels", None)  # nnU-Net does not know it: unannotated organs are background

@@ -53,7 +53,7 @@ class CCQPlanner(AutoOrganPlannerBase):
         plan["ccq"] = {"num_class_queries": NUM_CLASS_QUERIES, "members": members,
                        "classes": list(foreground_labels(self.dataset_json)),
                        "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH,
-                       "dynamic_head": True, "bottleneck_skip": False}
+                       "dynamic_head": True, "bottleneck_skip": True}
         plan["_why"] = {
             "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
                        "anisotropic axis)",

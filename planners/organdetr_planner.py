@@ -7,6 +7,10 @@ Organ-DETR sees the whole body-cropped volume at once, so instead of a patch siz
    target, coarsen the spacing (finest axes first, as nnU-Net does for 3d_lowres) until it does.
 3. Round the shape up to a multiple of the backbone's total stride.
 
+Each query starts at an organ: query ``i`` is anchored at the prior box of organ class ``i mod M`` (the median box of
+that organ over the fingerprinted cases, in the network input as inference fits a case), so every organ has ``rho``
+queries that start where it usually lies instead of reference boxes from a random init (``query_anchors``).
+
 Queries follow Dense Query Matching: M = number of organ classes, N = rho * M queries, and lambda chosen so that
 eta = ceil(lambda * rho) lies in [1, 5] (paper: lambda = 0.2, rho = 10, so eta = 2). Every number is written with
 its reason in ``_why``.
@@ -48,6 +52,39 @@ def choose_lambda(rho: int, lambda_match: float | None = None) -> tuple[float, i
     else:
         why = "paper default (lambda = 0.2)"
     return lam, dqm_eta(lam, rho), why
+
+
+def organ_anchor_boxes(autoorgan_fingerprint: dict, label_values: list[int], transpose_forward: list[int],
+                       spacing: np.ndarray, input_shape: np.ndarray) -> tuple[list[list[float]], list[int]]:
+    """Prior box of every organ class in the network input: ``[M, 6]`` normalized ``[c0, c1, c2, s0, s1, s2]``
+    (array axes after ``transpose_forward``, fractions of ``input_shape``), the per-coordinate median over the
+    fingerprinted cases that contain the organ, each case placed as inference places it (body crop at ``spacing``,
+    scaled by one factor to fit if larger, centred). An organ present in no case gets the centre and size 0.2.
+    Also returns the number of cases behind each prior."""
+    tf = list(transpose_forward)
+    target = np.asarray(input_shape, np.float64)
+    per_class: list[list[np.ndarray]] = [[] for _ in label_values]
+    for case in autoorgan_fingerprint["cases"].values():
+        body = np.asarray(case["body_bbox"], np.float64)
+        sp = np.asarray(case["spacing"], np.float64)
+        extent_mm = ((body[3:] - body[:3]) * sp)[tf]
+        shape = np.maximum(np.round(extent_mm / spacing), 1)
+        scale = min(1.0, float((target / shape).min()))
+        new = np.clip(np.round(shape * scale), 1, target)
+        before = (target - new) // 2
+        for k, value in enumerate(label_values):
+            box = case["boxes"].get(str(value))
+            if box is None:
+                continue
+            mm = (np.asarray(box, np.float64) - np.tile(body[:3], 2)) * np.tile(sp, 2)
+            lo, hi = mm[:3][tf] / spacing, mm[3:][tf] / spacing
+            lo, hi = lo * new / shape + before, hi * new / shape + before
+            per_class[k].append(np.concatenate([(lo + hi) / 2, hi - lo]) / np.tile(target, 2))
+    out = []
+    for boxes in per_class:
+        prior = np.median(np.stack(boxes), 0) if boxes else np.asarray([0.5, 0.5, 0.5, 0.2, 0.2, 0.2])
+        out.append(np.clip(prior, 1e-3, 1 - 1e-3).round(4).tolist())
+    return out, [len(b) for b in per_class]
 
 
 class OrganDETRPlanner(AutoOrganPlannerBase):
@@ -95,6 +132,8 @@ class OrganDETRPlanner(AutoOrganPlannerBase):
         res_prob, res_prob_kw = self.determine_segmentation_softmax_export_fn()
         widths = [min(base_width * 2 ** i, 320) for i in range(5)]
         median_shape = self.median_shape_at(spacing)
+        anchors, anchor_cases = organ_anchor_boxes(fp, sorted(foreground_labels(self.dataset_json).values()),
+                                                   transpose_forward, spacing, shape)
         plan = {
             "data_identifier": data_identifier,
             "preprocessor_name": self.preprocessor_name,
@@ -116,14 +155,14 @@ class OrganDETRPlanner(AutoOrganPlannerBase):
                     "msa_levels": 3, "msa_patch_size": 2, "msa_depth": 2, "msa_dropout": 0.0,
                     "decoder_dropout": 0.0, "hidden_dim": hidden, "num_heads": heads,
                     "decoder_layers": 6 if on_gpu else 3, "decoder_points": 4, "num_queries": num_queries,
-                    "num_classes": num_classes,
+                    "num_classes": num_classes, "query_anchors": anchors, "iou_head": True,
                 },
                 "_kw_requires_import": [],
             },
             "organdetr": {
                 "num_organ_classes": num_classes, "rho": self.rho, "lambda": lam, "eta": eta,
                 "num_queries": num_queries, "matcher": "dqm", "fit": "isotropic",
-                "loss_weights": {"cls": 2.0, "bbox_l1": 5.0, "giou": 2.0, "seg": 2.0, "no_object": 0.1},
+                "loss_weights": {"cls": 2.0, "bbox_l1": 5.0, "giou": 2.0, "seg": 2.0, "no_object": 0.1, "iou": 1.0},
                 "memory_target_gb": self.memory_gb, "planned_for": self.device,
             },
         }
@@ -156,6 +195,16 @@ class OrganDETRPlanner(AutoOrganPlannerBase):
             "num_queries": f"N = rho * M = {self.rho} * {num_classes}",
             "lambda": lam_why,
             "eta": f"eta = ceil(lambda * rho) = {eta} duplicates of each ground truth in DQM (rule of thumb: 1..5)",
-            "loss_weights": "paper: lambda_cls 2, lambda_bbox 5 (L1) with GIoU 2 as DETR, lambda_seg 2",
+            "query_anchors": (f"prior box of each organ (median over {min(anchor_cases)}-{max(anchor_cases)} cases "
+                              "that hold it, placed in the input as inference places a case); query i starts at "
+                              "the prior of organ i mod M, so each organ has rho queries where it usually lies "
+                              "(random reference boxes started near the border: --no_query_anchors or --recipe "
+                              "paper for the learned ones)"),
+            "loss_weights": "paper: lambda_cls 2, lambda_bbox 5 (L1) with GIoU 2 as DETR, lambda_seg 2; ours: iou 1 "
+                            "(BCE of the IoU head's prediction against each matched box's IoU)",
+            "iou_head": "each query also predicts its box's IoU; an organ's box is chosen and scored by class "
+                        "probability x predicted IoU, since the class probability alone is ~0.9-1 for every organ "
+                        "whatever the box, and AP ranks boxes by score (--no_iou_head or --recipe paper: the "
+                        "paper's class probability)",
         }
         return plan

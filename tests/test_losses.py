@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoorgan.losses.detection import OrganDETRLoss, box_losses, classification_loss
+from autoorgan.losses.detection import OrganDETRLoss, box_losses, classification_loss, quality_loss
 from autoorgan.losses.partial_softmax import downsample_onehot, partial_ce_dice
 from autoorgan.matching import DenseQueryMatcher, HungarianMatcher
 
@@ -114,5 +114,42 @@ def test_full_loss_uses_every_aux_layer_and_handles_empty_targets():
         assert out["seg"][0].grad is not None
         alone = dict(out, aux=[])
         aux_terms = sum(weights["cls"] * c + weights["bbox_l1"] * b + weights["giou"] * g
-                        for c, b, g in (loss.detection_terms(a["logits"], a["boxes"], targets) for a in out["aux"]))
+                        for c, b, g, _ in (loss.detection_terms(a["logits"], a["boxes"], targets) for a in out["aux"]))
         assert loss(alone, targets, seg)[0].item() == pytest.approx(total.item() - float(aux_terms.detach()), rel=1e-5)
+
+
+def test_iou_head_is_trained_towards_the_iou_of_each_matched_box_only():
+    """quality_loss: BCE of the matched queries' IoU logits against the IoU of their (detached) box with the matched
+    target; unmatched queries and the boxes get no gradient."""
+    gt = torch.tensor([[0.5, 0.5, 0.5, 0.2, 0.3, 0.4], [0.3, 0.6, 0.4, 0.1, 0.1, 0.2], [0.6, 0.4, 0.5, 0.2, 0.2, 0.2]])
+    t = [{"labels": torch.tensor([0, 1, 2]), "boxes": gt, "annotated": torch.ones(3, dtype=torch.bool)}]
+    boxes = torch.rand(1, 5, 6) * 0.2 + 0.4
+    boxes[0, 1] = gt[0]                                                  # perfect: IoU 1
+    shifted = gt[2].clone()
+    shifted[0] += shifted[3] / 2                                         # half a box along axis 0: IoU 1/3
+    boxes[0, 3] = shifted
+    boxes.requires_grad_(True)
+    matches = [(torch.tensor([1, 3]), torch.tensor([0, 2]))]
+    logits = torch.full((1, 5), 0.7, requires_grad=True)
+    loss = quality_loss(logits, boxes, matches, t[:1])
+    expected = F.binary_cross_entropy_with_logits(torch.full((2,), 0.7), torch.tensor([1.0, 1 / 3]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    loss.backward()
+    assert logits.grad[0, [1, 3]].abs().min() > 0 and logits.grad[0, [0, 2, 4]].abs().max() == 0
+    assert boxes.grad is None or boxes.grad.abs().max() == 0
+    ideal = torch.logit(torch.tensor([[0.5, 1 - 1e-6, 0.5, 1 / 3, 0.5]]))
+    assert quality_loss(ideal, boxes, matches, t[:1]) < loss                 # lowest where the logits say the IoU
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert quality_loss(logits, boxes, [(empty, empty)], t[:1]).item() == 0
+
+
+def test_full_loss_adds_the_quality_term_only_with_an_iou_output_and_weight():
+    torch.manual_seed(0)
+    t = _targets([True, True, True])
+    out = {"logits": torch.randn(1, 6, 4), "boxes": torch.rand(1, 6, 6) * 0.5 + 0.25, "aux": [], "seg": []}
+    w = {"cls": 2.0, "bbox_l1": 5.0, "giou": 2.0, "seg": 2.0, "no_object": 0.1}
+    base = OrganDETRLoss(HungarianMatcher(2.0, 5.0, 2.0), w)(out, t[:1], None)[0]
+    with_iou = dict(out, iou=torch.zeros(1, 6))
+    assert OrganDETRLoss(HungarianMatcher(2.0, 5.0, 2.0), w)(with_iou, t[:1], None)[0] == base
+    total, parts = OrganDETRLoss(HungarianMatcher(2.0, 5.0, 2.0), dict(w, iou=1.5))(with_iou, t[:1], None)
+    assert total.item() == pytest.approx(base.item() + 1.5 * parts["iou"], rel=1e-5) and parts["iou"] > 0

@@ -27,6 +27,38 @@ def test_network_outputs(backbone, shape):
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
 
 
+def test_queries_start_at_their_organs_prior_boxes():
+    """With the plans' query_anchors, query i's first reference box lies near the prior of organ i mod M (each
+    organ's queries spread a little), and the first layer's boxes start there (zero-initialised box heads)."""
+    from autoorgan.networks.decoder import DeformableDecoder
+    torch.manual_seed(0)
+    anchors = [[0.2, 0.3, 0.7, 0.1, 0.2, 0.05], [0.6, 0.5, 0.4, 0.3, 0.1, 0.2], [0.8, 0.7, 0.2, 0.05, 0.05, 0.1]]
+    dec = DeformableDecoder(32, 4, 1, 2, 1, num_queries=12, anchors=anchors)
+    pos, _ = dec.query_embed.weight.chunk(2, dim=-1)
+    ref = torch.sigmoid(dec.ref_head(pos) + dec.anchor_logits)
+    expected = torch.tensor(anchors)[torch.arange(12) % 3]
+    err = (ref - expected).abs()
+    assert err.mean() < 0.03 and err.max() < 0.15 and err.max() > 1e-4  # near the prior, spread a little
+    _, boxes = dec([torch.randn(2, 32, 4, 4, 4)])
+    torch.testing.assert_close(boxes[0], ref[None].expand(2, -1, -1).detach(), atol=1e-5, rtol=0)
+    spread = torch.sigmoid(DeformableDecoder(32, 4, 1, 2, 1, num_queries=12).ref_head(pos))[:, :3]
+    assert (spread - 0.5).abs().max() > 0.3  # without anchors: the wide random init the anchors replace
+
+
+def test_top1_with_an_iou_head_ranks_by_probability_times_predicted_iou():
+    logits = torch.full((3, 3), -10.0)
+    logits[0, 0], logits[1, 0], logits[2, 1] = 10.0, 8.0, 10.0          # queries 0 and 1 both say organ 0
+    boxes = torch.rand(3, 6)
+    iou = torch.tensor([-3.0, 3.0, 0.0])                                 # but query 0's box is predicted poor
+    scores, picked = top1_per_organ(logits, boxes, iou)
+    torch.testing.assert_close(picked[0], boxes[1])
+    p = logits.softmax(-1)
+    assert scores[0].item() == pytest.approx((p[1, 0] * torch.sigmoid(iou[1])).item(), rel=1e-5)
+    assert scores[1].item() == pytest.approx((p[2, 1] * 0.5).item(), rel=1e-5)
+    _, plain = top1_per_organ(logits, boxes)
+    torch.testing.assert_close(plain[0], boxes[0])                       # without: the class probability decides
+
+
 def test_top1_per_organ_picks_the_most_confident_query_per_class():
     logits = torch.full((4, 3), -5.0)
     logits[1, 0], logits[3, 0], logits[2, 1] = 2.0, 3.0, 4.0

@@ -53,6 +53,32 @@ def test_preprocessed_boxes_match_preprocessed_label_maps(planned):
         assert boxes == boxes_from_label_map(seg[0]) and len(boxes) >= 6
 
 
+def test_query_anchors_lie_where_inference_puts_the_organs(planned):
+    """The planner's organ priors (from the fingerprint, in the original frame) equal the median organ box of the
+    preprocessed cases fitted to the input as inference fits them, within half a voxel of the input."""
+    import torch
+
+    from autoorgan.preprocessing.fit import fit_to_input
+    pre, plans = planned
+    det = plans["configurations"]["organdetr"]
+    anchors = np.asarray(det["architecture"]["arch_kwargs"]["query_anchors"])
+    shape = np.asarray(det["input_shape"], np.float64)
+    assert anchors.shape == (7, 6) and det["_why"]["query_anchors"]
+    per_class = {}
+    for pkl in sorted((pre / det["data_identifier"]).glob("*.pkl")):
+        props = pickle.loads(pkl.read_bytes())
+        data = blosc2.open(str(pkl.with_suffix(".b2nd")))[:]
+        _, _, fit = fit_to_input(torch.from_numpy(np.ascontiguousarray(data)), None, tuple(det["input_shape"]))
+        for label, box in props["autoorgan"]["boxes_exact"].items():
+            b = fit.box_to_input(np.asarray(box, np.float64)[None])[0]
+            per_class.setdefault(int(label), []).append(
+                np.concatenate([(b[:3] + b[3:]) / 2, b[3:] - b[:3]]) / np.tile(shape, 2))
+    assert sorted(per_class) == list(range(1, 8))
+    expected = np.stack([np.median(per_class[k], 0) for k in sorted(per_class)])
+    np.testing.assert_allclose(anchors, expected, atol=0.5 / shape.min())
+    assert np.ptp(anchors[:, :3], 0).min() > 0.05  # the organs' priors differ (not one default box)
+
+
 def test_larger_gpu_budget_gives_a_larger_input(planned, roots):
     pre, plans = planned
     res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-device", "cuda", "--no_pp", "--quiet")

@@ -4,8 +4,11 @@ image frame, 3D COCO metrics) goes through the predictor (trainer base).
 
 Configuration-specific options (``TrainOptions.extra``): ``matcher`` (``dqm`` | ``hungarian``, default from the
 plans), ``seg_loss`` (bool, default True; False reproduces the paper's ablation without the multi-scale
-segmentation framework), ``recipe`` (``default`` | ``paper``). Non-default choices are appended to the trainer name
-(``OrganDETRTrainer_hungarian``, ``OrganDETRTrainer_paper``) so ablations land in their own results folders.
+segmentation framework), ``query_anchors`` (bool, default True: queries start at the plans' organ prior boxes;
+False: learned reference boxes from a random init), ``iou_head`` (bool, default True: boxes ranked by class
+probability x predicted IoU; False: by class probability), ``recipe`` (``default`` | ``paper``). Non-default choices are
+appended to the trainer name (``OrganDETRTrainer_hungarian``, ``OrganDETRTrainer_noanchors``,
+``OrganDETRTrainer_paper``) so ablations land in their own results folders.
 
 The default recipe (docs/training.md): exact box targets and isotropic fitting with zoom augmentation
 (:mod:`autoorgan.training.whole_volume`), class-balanced cases, and 0.1x the learning rate for the parts that move
@@ -39,9 +42,13 @@ class OrganDETRTrainer(TrainerBase):
             raise UserError(f"unknown recipe {self.recipe!r}; choose {' or '.join(RECIPES)}")
         od = self.plans["configurations"][self.section]
         od.setdefault("organdetr", {})["fit"] = "isotropic" if self.recipe == "default" else "per_axis"
-        if self.recipe == "paper":  # the paper's heads and dropout (copied into the model folder's plans)
-            kw = od["architecture"]["arch_kwargs"]
+        kw = od["architecture"]["arch_kwargs"]  # changes here are copied into the model folder's plans
+        if self.recipe == "paper":  # the paper's heads, dropout and learned reference boxes
             kw.update(num_heads=max(1, kw["hidden_dim"] // 4), msa_dropout=0.3, decoder_dropout=0.1)
+        if self.recipe == "paper" or self.opt.extra.get("query_anchors") is False:
+            kw.pop("query_anchors", None)
+        if self.recipe == "paper" or self.opt.extra.get("iou_head") is False:
+            kw.pop("iou_head", None)
         label_values = sorted(foreground_labels(self.dataset_json).values())
         self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
         self.train_cases = WholeVolumeCases(self.data_folder, self.train_ids, self.input_shape, label_values,
@@ -61,6 +68,10 @@ class OrganDETRTrainer(TrainerBase):
             name += f"_{self.opt.extra['matcher']}"
         if self.opt.extra.get("seg_loss") is False:
             name += "_noseg"
+        if self.opt.extra.get("query_anchors") is False:
+            name += "_noanchors"
+        if self.opt.extra.get("iou_head") is False:
+            name += "_noiou"
         if self.opt.extra.get("recipe", "default") != "default":
             name += f"_{self.opt.extra['recipe']}"
         return name

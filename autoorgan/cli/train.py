@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="organdetr: query matching (default from the plans: dqm)")
     p.add_argument("--no_seg_loss", action="store_true",
                    help="organdetr: drop the multi-scale segmentation loss (paper ablation)")
+    p.add_argument("--no_query_anchors", action="store_true",
+                   help="organdetr: reference boxes learned from a random init (Deformable DETR, the paper) instead "
+                        "of starting each query at its organ's prior box from the plans (ablation)")
+    p.add_argument("--no_iou_head", action="store_true",
+                   help="organdetr: choose and score each organ's box by its class probability alone (the paper) "
+                        "instead of probability x the IoU the network predicts for the box (ablation)")
     p.add_argument("--recipe", choices=("default", "paper"), default=None,
                    help="organdetr: 'paper' reproduces the paper's set-up (quantised targets, per-axis fit, rotation, "
                         "one learning rate, the paper's heads and dropout); default: docs/training.md")
@@ -92,6 +98,10 @@ def run(args: argparse.Namespace) -> dict:
         extra["matcher"] = args.matcher
     if args.no_seg_loss:
         extra["seg_loss"] = False
+    if args.no_query_anchors:
+        extra["query_anchors"] = False
+    if args.no_iou_head:
+        extra["iou_head"] = False
     if args.recipe:
         extra["recipe"] = args.recipe
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)

@@ -1,7 +1,9 @@
 """Organ-DETR inference on one preprocessed case: fit to the input shape, one forward pass, top-1 query per organ.
 
 Top-1 per organ (paper): for organ class ``k`` the query with the highest probability of ``k`` is kept and that
-probability is the organ's score, whatever the query's argmax; every organ gets exactly one candidate box.
+probability is the organ's score, whatever the query's argmax; every organ gets exactly one candidate box. A network
+with an IoU head (``out["iou"]``) is ranked by probability x predicted IoU instead, for the choice of the query and
+for the score (a class probability alone saturates near 1 whatever the box's quality).
 
 Test-time mirroring (``mirror_axes``, input-array axes) runs one more pass per axis with the input flipped, flips
 the boxes back (``lo' = n - hi``) and averages per organ; several models (folds) are fused per organ the same way
@@ -20,9 +22,13 @@ from autoorgan.preprocessing.fit import fit_to_input
 Detections = dict[int, tuple[np.ndarray, float]]  # organ class (0-based) -> (voxel box [6], score)
 
 
-def top1_per_organ(logits: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``logits [N, M + 1]``, ``boxes [N, 6]`` -> (scores ``[M]``, normalized boxes ``[M, 6]``), one per organ."""
+def top1_per_organ(logits: torch.Tensor, boxes: torch.Tensor, iou: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [N, M + 1]``, ``boxes [N, 6]``, optional ``iou [N]`` logits -> (scores ``[M]``, normalized boxes
+    ``[M, 6]``), one per organ."""
     prob = logits.float().softmax(-1)[:, :-1]  # [N, M]
+    if iou is not None:
+        prob = prob * iou.float().sigmoid()[:, None]
     scores, idx = prob.max(0)
     return scores, boxes[idx]
 
@@ -53,7 +59,8 @@ def detect_case(model: torch.nn.Module, image: np.ndarray | torch.Tensor, input_
     for axis in (None, *mirror_axes):
         xin = x if axis is None else torch.flip(x, dims=(axis + 2,))
         out = model(xin)
-        scores, boxes = top1_per_organ(out["logits"][0], out["boxes"][0])
+        iou = out.get("iou")
+        scores, boxes = top1_per_organ(out["logits"][0], out["boxes"][0], None if iou is None else iou[0])
         vox = normalized_to_voxel(boxes.float().cpu().numpy(), input_shape)
         if axis is not None:
             vox = flip_boxes(vox, axis, input_shape[axis])

@@ -8,9 +8,9 @@ onnxruntime beside PyTorch on the same random input; the largest absolute differ
 ``fold_F/network.onnx.json`` and the export fails (nothing written) when it exceeds :data:`TOLERANCE`.
 
 :class:`OnnxNetwork` wraps an onnxruntime session as a ``torch.nn.Module`` with the PyTorch network's call signature
-and outputs (organdetr: ``{"logits" [1, N, M + 1], "boxes" [1, N, 6]}``; segmentation: logits ``[1, K, *patch]``),
-so the predictor, its preprocessing and its mapping back are the same for both backends. An ONNX file holds a graph
-and weights only; loading it runs no Python code.
+and outputs (organdetr: ``{"logits" [1, N, M + 1], "boxes" [1, N, 6]}``, and ``"iou" [1, N]`` with an IoU head;
+segmentation: logits ``[1, K, *patch]``), so the predictor, its preprocessing and its mapping back are the same for
+both backends. An ONNX file holds a graph and weights only; loading it runs no Python code.
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ class _Outputs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):
         out = self.net(x)
-        return (out["logits"], out["boxes"]) if self.boxes else out
+        if not self.boxes:
+            return out
+        return (out["logits"], out["boxes"], out["iou"]) if "iou" in out else (out["logits"], out["boxes"])
 
 
 def input_shape(predictor) -> tuple[int, ...]:
@@ -63,7 +65,7 @@ def export_onnx(predictor, progress: bool = True) -> list[dict]:
         with torch.no_grad():
             ref = wrapped(x)
         ref = ref if isinstance(ref, tuple) else (ref,)
-        names = ["logits", "boxes"] if predictor.output == "boxes" else ["logits"]
+        names = ["logits", "boxes", "iou"][:len(ref)] if predictor.output == "boxes" else ["logits"]
         with atomic_output(target) as tmp:
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -112,7 +114,8 @@ class OnnxNetwork(torch.nn.Module):
             raise UserError(f"the ONNX network takes {self.shape}, got {tuple(x.shape)}; export it again")
         outs = [torch.from_numpy(o) for o in self.session.run(None, {"image": x.detach().cpu().numpy()})]
         if self.boxes:
-            return {"logits": outs[0].to(x.device), "boxes": outs[1].to(x.device)}
+            named = dict(zip(("logits", "boxes", "iou"), outs))
+            return {k: v.to(x.device) for k, v in named.items()}
         logits = outs[0].to(x.device)
         if classes is not None:
             logits = logits[:, classes.reshape(-1).to(logits.device)]

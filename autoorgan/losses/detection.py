@@ -1,6 +1,8 @@
 """Organ-DETR's detection set loss: classification CE with a no-object weight, L1 + 3D GIoU on matched pairs,
 for the last decoder layer and every auxiliary layer (each matched on its own), plus the multi-scale segmentation
-loss (paper eq. 8: ``lambda_cls * L_cls + lambda_bbox * L_bbox + lambda_seg * L_seg``).
+loss (paper eq. 8: ``lambda_cls * L_cls + lambda_bbox * L_bbox + lambda_seg * L_seg``), plus, when the network has
+an IoU head and the plans weight ``iou``, a box-quality term: each matched query of the last layer is trained (BCE)
+towards the IoU of its (detached) box with its target, so inference can rank good boxes above bad ones.
 
 Targets per batch item: ``labels [K]`` (0-based organ classes present and annotated), ``boxes [K, 6]`` normalized
 (autoorgan.boxes convention) and ``annotated [M]`` bool. **Partial annotation**: an organ that is not annotated in a
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autoorgan.boxes.torch_ops import center_to_corners, generalized_box_iou
+from autoorgan.boxes.torch_ops import box_iou_union, center_to_corners, generalized_box_iou
 from autoorgan.losses.partial_softmax import multiscale_seg_loss
 from autoorgan.matching import DenseQueryMatcher, HungarianMatcher
 from autoorgan.utils.errors import UserError
@@ -53,6 +55,23 @@ def box_losses(boxes: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tens
     return l1, (1 - giou).mean()
 
 
+def quality_loss(iou_logits: torch.Tensor, boxes: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]],
+                 targets: list[dict]) -> torch.Tensor:
+    """``iou_logits [B, N]``, ``boxes [B, N, 6]``: mean BCE of the matched queries' predicted IoU against the IoU of
+    their detached box with the matched target (no gradient into the boxes); zero when nothing is matched."""
+    logit, target = [], []
+    for i, ((q, j), tgt) in enumerate(zip(matches, targets)):
+        if len(q):
+            q = q.to(boxes.device)
+            src = center_to_corners(boxes[i, q].detach().float())
+            ref = center_to_corners(tgt["boxes"].to(boxes.device)[j.to(boxes.device)].float())
+            target.append(torch.diag(box_iou_union(src, ref)[0]))
+            logit.append(iou_logits[i, q].float())
+    if not logit:
+        return iou_logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(torch.cat(logit), torch.cat(target))
+
+
 LOSS_WEIGHTS = ("cls", "bbox_l1", "giou", "seg", "no_object")
 MATCHERS = ("dqm", "hungarian")
 
@@ -60,29 +79,35 @@ MATCHERS = ("dqm", "hungarian")
 class OrganDETRLoss:
     """Call with the network output dict, target list and seg labels ``[B, n0, n1, n2]``; returns
     ``(total, parts)`` where ``parts`` holds detached scalars for logging. ``weights``: the plans'
-    ``organdetr.loss_weights`` (every key of :data:`LOSS_WEIGHTS`)."""
+    ``organdetr.loss_weights`` (every key of :data:`LOSS_WEIGHTS`; ``iou``, the box-quality weight, is optional
+    and 0 when absent)."""
 
     def __init__(self, matcher, weights: dict, use_seg: bool = True):
         missing = [k for k in LOSS_WEIGHTS if k not in weights]
         if missing:
             raise ValueError(f"loss weights {missing} missing")
         self.matcher, self.w, self.use_seg = matcher, {k: float(weights[k]) for k in LOSS_WEIGHTS}, use_seg
+        self.w["iou"] = float(weights.get("iou", 0.0))
 
     def detection_terms(self, logits, boxes, targets):
         matches = self.matcher(logits.detach(), boxes.detach(), targets)
         cls = classification_loss(logits, matches, targets, self.w["no_object"])
         l1, giou = box_losses(boxes, matches, targets)
-        return cls, l1, giou
+        return cls, l1, giou, matches
 
     def __call__(self, out: dict, targets: list[dict], seg_labels: torch.Tensor | None):
         layers = [out, *out["aux"]]
         parts = {"cls": 0.0, "bbox_l1": 0.0, "giou": 0.0}
         total = 0
         for layer in layers:
-            cls, l1, giou = self.detection_terms(layer["logits"], layer["boxes"], targets)
+            cls, l1, giou, matches = self.detection_terms(layer["logits"], layer["boxes"], targets)
             total = total + self.w["cls"] * cls + self.w["bbox_l1"] * l1 + self.w["giou"] * giou
             if layer is out:
                 parts.update(cls=cls.item(), bbox_l1=l1.item(), giou=giou.item())
+                if "iou" in out and self.w["iou"] > 0:
+                    quality = quality_loss(out["iou"], out["boxes"], matches, targets)
+                    total = total + self.w["iou"] * quality
+                    parts["iou"] = quality.item()
         if self.use_seg and seg_labels is not None and out.get("seg"):
             annotated = torch.stack([t["annotated"] for t in targets]).to(seg_labels.device)
             seg = multiscale_seg_loss(out["seg"], seg_labels, annotated)

@@ -1,11 +1,15 @@
 """3D Deformable-DETR decoder in pure PyTorch (sampling via ``grid_sample``, see autoorgan.networks.deformable).
 
 Queries: ``N`` learned content embeddings plus ``N`` learned position embeddings. Every query carries a reference
-box ``[c0, c1, c2, s0, s1, s2]`` (normalized, array axis order, autoorgan.boxes convention), initialised from its
-position embedding. Per layer: self-attention among queries, multi-scale deformable cross-attention (each head
-samples ``P`` points per level at ``centre + offset / P * size / 2`` around the reference box), FFN (post-norm as in
-Deformable DETR). With box refinement each layer's box head predicts a correction of the reference box in
-inverse-sigmoid space, and the corrected (detached) box is the next layer's reference.
+box ``[c0, c1, c2, s0, s1, s2]`` (normalized, array axis order, autoorgan.boxes convention) made from its position
+embedding; with ``anchors`` (the plans' ``query_anchors``, one prior box per organ class, ``[M, 6]``) query ``i``'s
+reference box is ``sigmoid(logit(anchor[i mod M]) + ref_head(pos_i))`` with a small initial ``ref_head``, so every
+organ starts with ``N / M`` queries near where it usually lies; without, the reference box is
+``sigmoid(ref_head(pos_i))`` from a wide random init (Deformable DETR). Per layer: self-attention among queries,
+multi-scale deformable cross-attention (each head samples ``P`` points per level at ``centre + offset / P * size / 2``
+around the reference box), FFN (post-norm as in Deformable DETR). With box refinement each layer's box head
+predicts a correction of the reference box in inverse-sigmoid space, and the corrected (detached) box is the next
+layer's reference.
 
 ``forward(values)`` (per level ``[B, C, ...]``) returns per layer ``hs [B, N, C]`` and ``boxes [B, N, 6]``.
 """
@@ -104,7 +108,7 @@ class DeformableDecoder(nn.Module):
     """Stack of decoder layers with per-layer box heads (iterative box refinement)."""
 
     def __init__(self, dim: int, heads: int, levels: int, points: int, layers: int, num_queries: int,
-                 dropout: float = 0.1, ffn_dim: int | None = None):
+                 dropout: float = 0.1, ffn_dim: int | None = None, anchors: list | None = None):
         super().__init__()
         self.query_embed = nn.Embedding(num_queries, 2 * dim)
         self.ref_head = nn.Linear(dim, 6)
@@ -114,16 +118,27 @@ class DeformableDecoder(nn.Module):
         for head in self.box_heads:
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
-        nn.init.uniform_(self.ref_head.weight, -0.5, 0.5)
         nn.init.zeros_(self.ref_head.bias)
-        with torch.no_grad():
-            self.ref_head.bias[3:] = inverse_sigmoid(torch.tensor(0.2))
+        if anchors is None:
+            self.anchor_logits = None
+            nn.init.uniform_(self.ref_head.weight, -0.5, 0.5)
+            with torch.no_grad():
+                self.ref_head.bias[3:] = inverse_sigmoid(torch.tensor(0.2))
+        else:
+            prior = torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 6)              # [M, 6]
+            index = torch.arange(num_queries) % prior.shape[0]
+            self.register_buffer("anchor_logits", inverse_sigmoid(prior[index]))          # [N, 6]
+            # pos ~ N(0, 1): ref_head(pos) has std ~0.1 (logit) per coordinate, so the queries of one organ spread
+            # a little around its prior instead of all starting on the same box
+            bound = 0.1 * math.sqrt(3 / dim)
+            nn.init.uniform_(self.ref_head.weight, -bound, bound)
 
     def forward(self, values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``values`` per level ``[B, C, ...]`` -> (per layer ``hs [B, N, C]``, per layer ``boxes [B, N, 6]``)."""
         b = values[0].shape[0]
         pos, tgt = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1).chunk(2, dim=-1)
-        ref = self.ref_head(pos).sigmoid()
+        ref = self.ref_head(pos)                                                           # [B, N, 6] logits
+        ref = (ref if self.anchor_logits is None else ref + self.anchor_logits).sigmoid()
         hs, boxes = [], []
         for layer, box_head in zip(self.layers, self.box_heads, strict=True):
             tgt = layer(tgt, pos, ref, values)
