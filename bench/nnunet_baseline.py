@@ -78,7 +78,7 @@ def main() -> None:
                    help="adamw (default): nnU-Net's own nnUNetTrainerAdam recipe (AdamW with amsgrad, poly) at the "
                         "learning rate autoorgan's segmentation trainers use; sgd: nnU-Net's default (SGD, Nesterov "
                         "momentum 0.99, lr 1e-2, poly), which on OpenKBP's CPU plan still predicted background only "
-                        "after 700 iterations (pseudo Dice 0 in all 28 epochs; AdamW: 0.72 spinal cord by then)"),
+                        "after 700 iterations (pseudo Dice 0 in all 28 epochs; AdamW: 0.72 spinal cord by then)")
     p.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default: nnU-Net's 1e-2 for sgd; 3e-3 for adamw, as autoorgan_train "
                         "ccq/dodnet/masked_sigmoid)")

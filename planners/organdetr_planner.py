@@ -22,6 +22,7 @@ import numpy as np
 from autoorgan.dataset.raw import foreground_labels
 from autoorgan.matching.dqm import dqm_eta
 from autoorgan.planners.base import AutoOrganPlannerBase
+from autoorgan.preprocessing.fit import plan_fit
 from autoorgan.utils.errors import UserError
 
 PAPER_RHO, PAPER_LAMBDA = 10, 0.2
@@ -68,17 +69,14 @@ def organ_anchor_boxes(autoorgan_fingerprint: dict, label_values: list[int], tra
         body = np.asarray(case["body_bbox"], np.float64)
         sp = np.asarray(case["spacing"], np.float64)
         extent_mm = ((body[3:] - body[:3]) * sp)[tf]
-        shape = np.maximum(np.round(extent_mm / spacing), 1)
-        scale = min(1.0, float((target / shape).min()))
-        new = np.clip(np.round(shape * scale), 1, target)
-        before = (target - new) // 2
+        _, fit = plan_fit(np.maximum(np.round(extent_mm / spacing), 1).astype(int), target.astype(int))
         for k, value in enumerate(label_values):
             box = case["boxes"].get(str(value))
             if box is None:
                 continue
             mm = (np.asarray(box, np.float64) - np.tile(body[:3], 2)) * np.tile(sp, 2)
-            lo, hi = mm[:3][tf] / spacing, mm[3:][tf] / spacing
-            lo, hi = lo * new / shape + before, hi * new / shape + before
+            b = fit.box_to_input(np.concatenate([mm[:3][tf], mm[3:][tf]]) / np.tile(spacing, 2))
+            lo, hi = b[:3], b[3:]
             per_class[k].append(np.concatenate([(lo + hi) / 2, hi - lo]) / np.tile(target, 2))
     out = []
     for boxes in per_class:

@@ -26,6 +26,7 @@ from autoorgan.utils.fileio import atomic_output, write_json_atomic
 OPSET = 20
 TOLERANCE = 1e-3   # max |onnxruntime - PyTorch| of any output on the export check (float32; seen: ~1e-5)
 ONNX_NAME = "network.onnx"
+BOX_OUTPUTS = ("logits", "boxes", "iou")  # organdetr's outputs in graph order ("iou" only with an IoU head)
 
 
 class _Outputs(torch.nn.Module):
@@ -37,9 +38,7 @@ class _Outputs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):
         out = self.net(x)
-        if not self.boxes:
-            return out
-        return (out["logits"], out["boxes"], out["iou"]) if "iou" in out else (out["logits"], out["boxes"])
+        return tuple(out[k] for k in BOX_OUTPUTS if k in out) if self.boxes else out
 
 
 def input_shape(predictor) -> tuple[int, ...]:
@@ -65,7 +64,7 @@ def export_onnx(predictor, progress: bool = True) -> list[dict]:
         with torch.no_grad():
             ref = wrapped(x)
         ref = ref if isinstance(ref, tuple) else (ref,)
-        names = ["logits", "boxes", "iou"][:len(ref)] if predictor.output == "boxes" else ["logits"]
+        names = list(BOX_OUTPUTS[:len(ref)]) if predictor.output == "boxes" else ["logits"]
         with atomic_output(target) as tmp:
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -114,8 +113,7 @@ class OnnxNetwork(torch.nn.Module):
             raise UserError(f"the ONNX network takes {self.shape}, got {tuple(x.shape)}; export it again")
         outs = [torch.from_numpy(o) for o in self.session.run(None, {"image": x.detach().cpu().numpy()})]
         if self.boxes:
-            named = dict(zip(("logits", "boxes", "iou"), outs))
-            return {k: v.to(x.device) for k, v in named.items()}
+            return {k: v.to(x.device) for k, v in zip(BOX_OUTPUTS, outs)}
         logits = outs[0].to(x.device)
         if classes is not None:
             logits = logits[:, classes.reshape(-1).to(logits.device)]

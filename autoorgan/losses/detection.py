@@ -41,12 +41,20 @@ def classification_loss(logits: torch.Tensor, matches: list[tuple[torch.Tensor, 
     return (loss * weight).sum() / weight.sum()
 
 
+def matched(values: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]], targets: list[dict]
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matched queries' ``values [B, N, ...]`` and their targets' boxes, concatenated over the batch in one
+    order: ``([P, ...], [P, 6])`` float."""
+    dev = values.device
+    src = [values[i, q.to(dev)] for i, (q, _) in enumerate(matches)]
+    tgt = [t["boxes"].to(dev)[j.to(dev)] for (_, j), t in zip(matches, targets)]
+    return torch.cat(src).float(), torch.cat(tgt).float()
+
+
 def box_losses(boxes: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]], targets: list[dict]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean L1 and mean (1 - GIoU) over matched pairs; zeros (with gradient path) when nothing is matched."""
-    src = [boxes[i, q.to(boxes.device)] for i, (q, _) in enumerate(matches)]
-    tgt = [t["boxes"].to(boxes.device)[j.to(boxes.device)] for (_, j), t in zip(matches, targets)]
-    src_all, tgt_all = torch.cat(src).float(), torch.cat(tgt).float()
+    src_all, tgt_all = matched(boxes, matches, targets)
     if len(src_all) == 0:
         zero = boxes.sum() * 0
         return zero, zero
@@ -59,17 +67,12 @@ def quality_loss(iou_logits: torch.Tensor, boxes: torch.Tensor, matches: list[tu
                  targets: list[dict]) -> torch.Tensor:
     """``iou_logits [B, N]``, ``boxes [B, N, 6]``: mean BCE of the matched queries' predicted IoU against the IoU of
     their detached box with the matched target (no gradient into the boxes); zero when nothing is matched."""
-    logit, target = [], []
-    for i, ((q, j), tgt) in enumerate(zip(matches, targets)):
-        if len(q):
-            q = q.to(boxes.device)
-            src = center_to_corners(boxes[i, q].detach().float())
-            ref = center_to_corners(tgt["boxes"].to(boxes.device)[j.to(boxes.device)].float())
-            target.append(torch.diag(box_iou_union(src, ref)[0]))
-            logit.append(iou_logits[i, q].float())
-    if not logit:
+    src, tgt = matched(boxes.detach(), matches, targets)
+    logit, _ = matched(iou_logits, matches, targets)
+    if len(logit) == 0:
         return iou_logits.sum() * 0
-    return F.binary_cross_entropy_with_logits(torch.cat(logit), torch.cat(target))
+    iou = torch.diag(box_iou_union(center_to_corners(src), center_to_corners(tgt))[0])
+    return F.binary_cross_entropy_with_logits(logit, iou)
 
 
 LOSS_WEIGHTS = ("cls", "bbox_l1", "giou", "seg", "no_object")
