@@ -3,7 +3,7 @@
 raw label maps.
 
     python bench/accuracy.py -d 501 -c organdetr --minutes 60 [--fold 0] [--threads 2] [--curve] [--tag NAME]
-                             [-- extra autoorgan_train options, e.g. --matcher hungarian]
+                             [--refine_with_masks FOLDER] [-- extra autoorgan_train options, e.g. --matcher hungarian]
 
 Works for every configuration of the registry (organdetr: boxes; ccq, dodnet, masked_sigmoid: masks and boxes from
 masks). Plans and preprocessed data are made first when missing (``-device cpu``). Prints box metrics (mAP over IoU
@@ -11,7 +11,10 @@ masks). Plans and preprocessed data are made first when missing (``-device cpu``
 annotate it, with the iterations, training minutes and seconds per iteration; writes everything to
 ``accuracy_<tag>.json`` in the model folder. ``--curve`` validates every ``--val_every`` epochs during training (that
 time counts against the budget; the trainer validates through the same predictor, in the original image frame) and
-writes the metric against minutes to ``curve_<tag>.json`` / ``.png``.
+writes the metric against minutes to ``curve_<tag>.json`` / ``.png``. ``--refine_with_masks FOLDER`` (box
+configurations): the validation cases are also predicted with ``autoorgan_predict --refine_with_masks FOLDER`` (label
+maps of the same cases, e.g. another run's ``val_predictions_fold0`` or nnU-Net's ``fold_0/validation``) and scored;
+both results are printed and stored (``refined``).
 
 Threads: ``--threads`` sets OMP_NUM_THREADS of the training and prediction processes. Run benchmarks alone on the
 machine, or two at a time with ``--threads 1`` each, and say which.
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curve", action="store_true", help="validate during training and plot the metric vs minutes")
     p.add_argument("--val_every", type=int, default=5, help="with --curve: validate every N epochs (default 5)")
     p.add_argument("--iters_per_epoch", type=int, default=50)
+    p.add_argument("--refine_with_masks", default=None, metavar="FOLDER",
+                   help="box configurations: also predict with autoorgan_predict --refine_with_masks FOLDER and score")
     args = p.parse_args(argv)
 
     from autoorgan.configurations import get_configuration
@@ -118,11 +123,21 @@ def main(argv: list[str] | None = None) -> None:
             link.symlink_to(Path(cases[cid].label).resolve())
     _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out), "-d", args.d, "--quiet"], env, "evaluation")
     summary = json.loads((out / "summary.json").read_text())
+    refined = None
+    if args.refine_with_masks:
+        out_r = folder / f"val_predictions_fold{args.fold}_refined"
+        _run([_bin("autoorgan_predict"), "-i", str(inputs), "-o", str(out_r), "-d", args.d, "-c", args.c, "-tr", tag,
+              "-f", args.fold, "-device", "cpu", "--quiet", "--refine_with_masks", args.refine_with_masks], env,
+             "prediction refined with masks")
+        _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out_r), "-d", args.d, "--quiet"], env,
+             "evaluation (refined)")
+        refined = {"masks": str(Path(args.refine_with_masks).resolve()),
+                   "metrics": json.loads((out_r / "summary.json").read_text())}
 
     result = {"configuration": args.c, "dataset": name, "fold": args.fold, "minutes_budget": args.minutes,
               "threads": args.threads, "iterations": iters, "training_minutes": round(train_s / 60, 2),
               "seconds_per_iteration": round(train_s / max(iters, 1), 3), "prediction_seconds": round(predict_s, 1),
-              "num_val_cases": len(val or cases), "extra_train_args": extra, "metrics": summary}
+              "num_val_cases": len(val or cases), "extra_train_args": extra, "metrics": summary, "refined": refined}
     (folder / f"accuracy_{tag}.json").write_text(json.dumps(result, indent=1))
     print(f"\n{args.c}: {iters} iterations in {train_s / 60:.1f} min ({train_s / max(iters, 1):.2f} s/it), "
           f"{args.threads} thread(s); {len(val or cases)} validation cases predicted in {predict_s:.0f} s")
@@ -133,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
         for organ, v in b["per_class"].items():
             print(f"  {organ:<16} n {v['num_reference']:>3}  AP {v['AP']:.3f}  AP50 {v['AP50']:.3f}  "
                   f"IoU {v['mean_IoU']:.3f}")
+    if refined is not None:
+        b = refined["metrics"]["boxes"]
+        print(f"boxes refined with {refined['masks']}: mAP_coco {b['mAP']:.3f}  mAR {b['mAR']:.3f}  "
+              f"AP10 {b['AP10']:.3f}  AP50 {b['AP50']:.3f}  AP75 {b['AP75']:.3f}  mean IoU {b['mean_IoU']:.3f}")
+        print("  " + "  ".join(f"{o} {v['AP']:.2f}/{v['AP50']:.2f}" for o, v in b["per_class"].items()) +
+              "  (AP/AP50)")
     if "masks" in summary:
         m = summary["masks"]
         print(f"masks: mean Dice {m['mean_Dice']:.3f}  mean HD95 {m['mean_HD95']:.1f} mm")

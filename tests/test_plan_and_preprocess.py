@@ -153,3 +153,26 @@ def test_interrupted_preprocessing_resumes(planned, roots):
     assert set(after) == set(keep)
     redone = {k for k in after if after[k] != keep.get(k)}
     assert redone == {"phantom_002.pkl", "phantom_005.pkl"}
+
+
+def test_foreground_oversampling_centres_every_patch_on_an_annotated_organ(roots, partial_phantom_template):
+    """--oversample_foreground 1 (for models that refine Organ-DETR's boxes): every patch is centred on a voxel of an
+    organ that its case annotates (the organ is in the patch); 0: no patch is forced (nnU-Net's random patches)."""
+    shutil.copytree(partial_phantom_template, roots["raw"] / partial_phantom_template.name)
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "901", "-np", "1", "--quiet", "-c", "ccq")
+    assert res.returncode == 0, res.stderr
+    pre = roots["preprocessed"] / partial_phantom_template.name
+    plans = json.loads((pre / "autoorganPlans.json").read_text())
+    ds = json.loads((pre / "dataset.json").read_text())
+    folder = pre / plans["configurations"]["ccq"]["data_identifier"]
+    ids = sorted(p.stem for p in folder.glob("*.pkl"))
+    from autoorgan.dataset.raw import annotated_labels, foreground_labels
+    from autoorgan.training.patches import PatchStream
+    values = sorted(foreground_labels(ds).values())
+    stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=1.0)
+    for g in range(len(stream)):
+        item = stream[g]
+        assert item["forced_class"] in values and item["forced_class"] in annotated_labels(ds, item["case_id"])
+        assert (np.asarray(item["seg"]) == item["forced_class"]).any(), (g, item["case_id"], item["forced_class"])
+    stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=0.0)
+    assert all(stream[g]["forced_class"] == -1 for g in range(len(stream)))

@@ -567,6 +567,50 @@ def test_checkpoint_of_another_network_version_is_a_one_line_error(model_roots, 
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
+def test_boxes_refined_by_label_maps_in_the_scans_own_voxels(model_roots, tmp_path):
+    """--refine_with_masks: an organ whose label (largest component) lies near its coarse box and agrees with it gets
+    that component's box in the scan's array order (oblique direction, anisotropic spacing); an organ without a label
+    there keeps its box at half the score; a label map on another grid fails only its own case."""
+    folder = _input_folder(tmp_path, 2)
+    coarse_out = tmp_path / "coarse"
+    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(coarse_out), "-d", "900", "-f", "0", "-device",
+                  "cpu", "--quiet", env_roots=model_roots)
+    assert res.returncode == 0, res.stderr
+    coarse = {o["label"]: o for o in json.loads((coarse_out / "case00_boxes.json").read_text())["organs"]}
+    image = make_volume()[0]
+    seg = np.zeros(image.GetSize()[::-1], np.uint8)
+    expected = {}
+    for lab in (1, 2, 3):   # each a block of the whole voxels inside its coarse box, and a one-voxel island
+        b = np.asarray(coarse[lab]["box_voxel"])
+        lo, hi = np.ceil(b[:3]).astype(int), np.floor(b[3:]).astype(int)
+        assert (hi - lo >= 3).all() and (hi + 1 < seg.shape).all(), b
+        seg[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = lab
+        seg[hi[0] + 1, hi[1] + 1, hi[2] + 1] = lab  # within the search margin, not the largest component
+        expected[lab] = lo.tolist() + hi.tolist()
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    label_image = sitk.GetImageFromArray(seg)
+    label_image.CopyInformation(image)
+    sitk.WriteImage(label_image, str(masks / "case00.nii.gz"))
+    sitk.WriteImage(label_image[:, :, :-2], str(masks / "case01.nii.gz"))  # two slices short
+    out = tmp_path / "refined"
+    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(out), "-d", "900", "-f", "0", "-device", "cpu",
+                  "--refine_with_masks", str(masks), "--quiet", env_roots=model_roots)
+    assert res.returncode == 1 and "case case01 failed" in res.stderr and "not on the scan's grid" in res.stderr
+    assert "Traceback" not in res.stderr
+    refined = {o["label"]: o for o in json.loads((out / "case00_boxes.json").read_text())["organs"]}
+    assert set(refined) == set(coarse)
+    for lab, o in refined.items():
+        if lab in expected:
+            assert o["box_voxel"] == pytest.approx(expected[lab]), lab
+            assert o["score"] == pytest.approx(coarse[lab]["score"], abs=1e-6)
+        else:
+            assert o["box_voxel"] == pytest.approx(coarse[lab]["box_voxel"]), lab
+            assert o["score"] == pytest.approx(coarse[lab]["score"] / 2, abs=1e-6)
+    assert not (out / "case01_boxes.json").exists()
+    assert json.loads((out / "prediction_info.json").read_text())["refine_with_masks"] == str(masks)
+
+
 def test_kill_during_prediction_then_continue(model_roots, tmp_path):
     folder = _input_folder(tmp_path, 12)
     out = tmp_path / "out"

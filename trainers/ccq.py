@@ -14,7 +14,13 @@ import torch
 from autoorgan.dataset.raw import annotated_labels, foreground_labels
 from autoorgan.losses.partial_sigmoid import partial_dice_bce
 from autoorgan.trainers.base import TrainerBase
-from autoorgan.training.patches import PatchStream, binary_targets, choose_classes, collate_patches
+from autoorgan.training.patches import (
+    OVERSAMPLE_FOREGROUND,
+    PatchStream,
+    binary_targets,
+    choose_classes,
+    collate_patches,
+)
 
 
 class CCQTrainer(TrainerBase):
@@ -38,7 +44,13 @@ class CCQTrainer(TrainerBase):
 
     def make_training_stream(self, num_samples: int):
         return PatchStream(self.data_folder, self.train_ids, self.plans, self.section, self.dataset_json,
-                           self.opt.seed, num_samples, tuple(self.cfg.get("mirror_axes", ())))
+                           self.opt.seed, num_samples, tuple(self.cfg.get("mirror_axes", ())),
+                           self.opt.extra.get("oversample_foreground", OVERSAMPLE_FOREGROUND))
+
+    def default_trainer_name(self) -> str:
+        name = type(self).__name__
+        p = self.opt.extra.get("oversample_foreground")
+        return name + (f"_fg{round(100 * p)}" if p is not None and p != OVERSAMPLE_FOREGROUND else "")
 
     collate_fn = staticmethod(collate_patches)
 

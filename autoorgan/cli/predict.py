@@ -47,6 +47,11 @@ def _parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--continue_prediction", action="store_true",
                    help="skip cases already finished (their last file, CASE_boxes.json or the label map, "
                         "exists): resume an interrupted run")
+    p.add_argument("--refine_with_masks", default=None, metavar="MASKS",
+                   help="boxes (organdetr) only: refine each organ's box with the label map MASKS/CASE<file_ending> "
+                        "of the same scan (from autoorgan_predict -c dodnet|masked_sigmoid|ccq or nnUNetv2_predict): "
+                        "the organ's largest component near the coarse box becomes its box where both agree "
+                        "(docs/prediction.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -55,6 +60,13 @@ def _run(args, model_folder) -> None:
     from autoorgan.inference.predictor import load_predictor, predict_folder
     predictor = load_predictor(Path(model_folder), args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta,
                                args.backend)
+    if args.refine_with_masks is not None:
+        if predictor.output != "boxes":
+            raise UserError("--refine_with_masks refines boxes: use it with a box configuration (organdetr)")
+        if not Path(args.refine_with_masks).is_dir():
+            raise UserError(f"--refine_with_masks {args.refine_with_masks} is not a folder (it holds one label map "
+                            "CASE<file_ending> per scan)")
+        predictor.refine_masks = Path(args.refine_with_masks)
     if args.tta and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=("default", "paper"), default=None,
                    help="organdetr: 'paper' reproduces the paper's set-up (quantised targets, per-axis fit, rotation, "
                         "one learning rate, the paper's heads and dropout); default: docs/training.md")
+    p.add_argument("--oversample_foreground", type=float, default=None, metavar="P",
+                   help="ccq, dodnet, masked_sigmoid: fraction of patches centred on an organ (an organ drawn "
+                        "uniformly, then a case annotating it; default 0.33 as nnU-Net); 1 suits a model that "
+                        "refines Organ-DETR's boxes (autoorgan_predict --refine_with_masks), which looks only near "
+                        "organs")
     p.add_argument("-tr", dest="trainer_name", default=None,
                    help="name of the results folder's trainer part (default: derived from the options)")
     p.add_argument("--val_only", action="store_true",
@@ -78,7 +83,9 @@ def check_options(args: argparse.Namespace) -> None:
              ("--max_minutes", args.max_minutes,
               args.max_minutes is None or (math.isfinite(args.max_minutes) and args.max_minutes > 0), "above 0"),
              ("-num_workers", args.num_workers, args.num_workers is None or args.num_workers >= 0, "0 or more"),
-             ("--seed", args.seed, args.seed >= 0, "0 or more")]
+             ("--seed", args.seed, args.seed >= 0, "0 or more"),
+             ("--oversample_foreground", args.oversample_foreground,
+              args.oversample_foreground is None or 0 <= args.oversample_foreground <= 1, "in [0, 1]")]
     for name, value, ok, allowed in rules:
         if not ok:
             raise UserError(f"{name} {value} is not allowed: it must be {allowed}")
@@ -104,6 +111,11 @@ def run(args: argparse.Namespace) -> dict:
         extra["iou_head"] = False
     if args.recipe:
         extra["recipe"] = args.recipe
+    if args.oversample_foreground is not None:
+        if entry.output != "masks":
+            raise UserError("--oversample_foreground is for the patch-based segmentation configurations (ccq, "
+                            "dodnet, masked_sigmoid)")
+        extra["oversample_foreground"] = args.oversample_foreground
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,

@@ -164,6 +164,10 @@ class Predictor:
                             f"resample its {tuple(int(v) for v in shape)} voxels to {tuple(int(v) for v in new)} at "
                             f"the planned {self.cfg['spacing']} mm; the header's spacing is implausible: fix it")
 
+    def refine_case(self, case_id: str, prediction: Any, geometry: Geometry) -> Any:
+        """A case's prediction after refinement by other outputs (boxes: ``--refine_with_masks``); as is here."""
+        return prediction
+
     def write_case(self, case_id: str, prediction: Any, geometry: Geometry, out_dir: Path, image0=None,
                    save_box_masks: bool = False, dicom_dir: Path | None = None) -> dict:
         """Write one case's files (the ``done_suffix`` file last); returns its record."""
@@ -210,8 +214,9 @@ class Predictor:
         DICOM outputs reference the case's own series, else ``dicom_reference/CASE``."""
         dicom_dir = case.dicom_dir or (Path(dicom_reference) / case.case_id if dicom_reference else None)
         result = self.predict(case, case_id=case.case_id, keep_image=save_png_file)
+        raw = self.refine_case(case.case_id, result.raw, result.geometry)
         (out_dir / f"{case.case_id}{self.done_suffix}").unlink(missing_ok=True)  # a rerun: done once all are new
-        return self.write_case(case.case_id, result.raw, result.geometry, out_dir,
+        return self.write_case(case.case_id, raw, result.geometry, out_dir,
                                result.image0 if save_png_file else None, save_box_masks, dicom_dir)
 
 
@@ -226,6 +231,19 @@ class OrganDETRPredictor(Predictor):
         self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
         # how the trainer fitted over-size cases (model folders from before the key: per axis, as they trained)
         self.isotropic = self.cfg.get("organdetr", {}).get("fit", "per_axis") == "isotropic"
+        self.refine_masks: Path | None = None  # folder of label maps of the same scans (autoorgan.inference.refine)
+
+    def refine_case(self, case_id: str, prediction: Organs, geometry: Geometry) -> Organs:
+        """With :attr:`refine_masks`: each box refined by the organ's largest component in ``CASE<file_ending>``
+        of that folder near the box (:func:`autoorgan.inference.refine.refine_organs`)."""
+        if self.refine_masks is None:
+            return prediction
+        from autoorgan.inference.refine import margin_voxels, read_refinement_mask, refine_organs
+        if geometry is None:
+            raise CaseError("the scan's geometry is unknown, so no label map can be matched to it for refinement")
+        mask = read_refinement_mask(self.refine_masks, case_id, self.dataset_json["file_ending"], geometry)
+        margin = margin_voxels(self.cfg["spacing"], self.plans["transpose_backward"], geometry.spacing)
+        return refine_organs(prediction, mask, margin)[0]
 
     def detect_preprocessed(self, data: np.ndarray) -> Detections:
         """Preprocessed ``data [C, n0, n1, n2]`` -> fused detections (preprocessed frame, classes 0-based)."""
@@ -482,6 +500,7 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
                     "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
                     "output_types": list(output_types),
+                    "refine_with_masks": str(getattr(predictor, "refine_masks", None) or "") or None,
                     "done": len(result.done) + len(result.skipped), "configuration": predictor.section,
                     "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array "
                                       "order"}

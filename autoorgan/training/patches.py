@@ -1,7 +1,8 @@
 """Patch samples for the segmentation configurations (ccq, dodnet): nnU-Net's patch loader and augmentation.
 
 Each training sample is one patch cropped the way nnunetv2's ``nnUNetDataLoader`` crops (its ``get_bbox`` and
-``crop_and_pad_nd``), with **class-aware** foreground oversampling: with probability 33 % an organ class is drawn
+``crop_and_pad_nd``), with **class-aware** foreground oversampling: with probability 33 % (nnU-Net's; the trainers'
+``--oversample_foreground``) an organ class is drawn
 uniformly among the classes that occur in some case, then a case containing it, and the patch is centred on one of
 its voxels (nnU-Net draws the case first and then one of its classes, which starves organs annotated in few cases);
 classes a case does not annotate are 0 in its label map, so oversampling only ever targets **annotated** organs.
@@ -27,9 +28,11 @@ class PatchStream(torch.utils.data.Dataset):
     """``num_samples`` patches ``{"image" [C, *patch], "seg" [1, *patch], "case_id"}`` by global index."""
 
     def __init__(self, folder: Path, identifiers: Sequence[str], plans: dict, configuration: str,
-                 dataset_json: dict, seed: int, num_samples: int, mirror_axes: Sequence[int] = ()):
+                 dataset_json: dict, seed: int, num_samples: int, mirror_axes: Sequence[int] = (),
+                 oversample_foreground: float = OVERSAMPLE_FOREGROUND):
         self.args = (str(folder), list(identifiers), plans, configuration, dataset_json, tuple(mirror_axes))
         self.seed, self.num_samples = int(seed), int(num_samples)
+        self.oversample = float(oversample_foreground)
         self._loader = None
 
     def _build(self):
@@ -69,7 +72,7 @@ class PatchStream(torch.utils.data.Dataset):
             self._build()
         from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
         rng = np.random.default_rng([self.seed, int(g)])
-        force = bool(self._classes) and rng.random() < OVERSAMPLE_FOREGROUND
+        force = bool(self._classes) and rng.random() < self.oversample
         if force:
             cls = self._classes[int(rng.integers(len(self._classes)))]
             ident = self._class_cases[cls][int(rng.integers(len(self._class_cases[cls])))]
