@@ -203,3 +203,33 @@ def test_masked_sigmoid_unannotated_class_gets_no_gradient():
     loss.backward()
     head = net.unet.decoder.seg_layers[-1].weight.grad.flatten(1).abs().sum(1)   # [3]
     assert head[1] == 0 and head[0] > 0 and head[2] > 0
+
+
+def test_masked_sigmoid_deep_supervision_ignores_unannotated_classes_at_every_stage():
+    """--deep_supervision: every decoder stage but the lowest is trained (nnU-Net's weights 1/2^i, lowest 0, sum 1)
+    against downsampled targets, and an unannotated class gets no gradient at any stage."""
+    from autoorgan.losses.partial_sigmoid import deep_supervised, deep_supervision_weights, partial_dice_bce
+    from autoorgan.networks.unet import SigmoidUNet
+    w = deep_supervision_weights(4)
+    assert w[3] == 0 and sum(w) == pytest.approx(1) and w[0] == pytest.approx(2 * w[1]) == pytest.approx(4 * w[2])
+    torch.manual_seed(0)
+    net = SigmoidUNet(1, 3, ARCH)
+    x = torch.randn(2, 1, *PATCH)
+    targets = (torch.rand(2, 3, *PATCH) > 0.8).float()
+    annotated = torch.tensor([[True, False, True], [True, False, False]])
+    outs = net(x, deep=True)
+    assert len(outs) == len(net.unet.decoder.seg_layers) >= 2 and outs[0].shape[2:] == tuple(PATCH)
+    loss, parts = deep_supervised(partial_dice_bce, outs, targets, annotated)
+    loss.backward()
+    layers = net.unet.decoder.seg_layers          # lowest resolution first
+    for i, layer in enumerate(layers):
+        grad = layer.weight.grad
+        g = torch.zeros(3) if grad is None else grad.flatten(1).abs().sum(1)   # [3]
+        assert g[1] == 0, i
+        if i == 0:      # the lowest stage is not supervised
+            assert g.sum() == 0
+        else:
+            assert g[0] > 0 and g[2] > 0, i
+    with torch.no_grad():
+        single, _ = deep_supervised(partial_dice_bce, [net(x)], targets, annotated)
+        assert float(single) == pytest.approx(float(partial_dice_bce(net(x), targets, annotated)[0]))

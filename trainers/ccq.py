@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from autoorgan.dataset.raw import annotated_labels, foreground_labels
-from autoorgan.losses.partial_sigmoid import partial_dice_bce
+from autoorgan.losses.partial_sigmoid import deep_supervised, partial_dice_bce
 from autoorgan.trainers.base import TrainerBase
 from autoorgan.training.patches import (
     OVERSAMPLE_FOREGROUND,
@@ -86,7 +86,21 @@ class DoDNetTrainer(CCQTrainer):
 
 class MaskedSigmoidTrainer(CCQTrainer):
     """The masked-sigmoid baseline (nnU-Net's plain U-Net, one sigmoid output per class), same data, loss and
-    schedule; every patch trains all of its case's annotated classes (the network computes them all anyway)."""
+    schedule; every patch trains all of its case's annotated classes (the network computes them all anyway).
+    ``--deep_supervision``: the loss also on every lower decoder stage, against nearest-downsampled targets, weighted
+    1/2^i and normalised with the lowest stage left out (nnU-Net's deep supervision)."""
 
     configuration = "masked_sigmoid"
     all_classes_in_training = True
+
+    def default_trainer_name(self) -> str:
+        return super().default_trainer_name() + ("_ds" if self.opt.extra.get("deep_supervision") else "")
+
+    def compute_loss(self, batch):
+        if not self.opt.extra.get("deep_supervision"):
+            return super().compute_loss(batch)
+        image = batch["image"].to(self.device, non_blocking=True)
+        targets = binary_targets(batch["seg"].to(self.device), self.label_values)          # [B, K, D, H, W]
+        annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
+                                 device=self.device)
+        return deep_supervised(self.loss, self.network(image, deep=True), targets, annotated)

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "uniformly, then a case annotating it; default 0.33 as nnU-Net); 1 suits a model that "
                         "refines Organ-DETR's boxes (autoorgan_predict --refine_with_masks), which looks only near "
                         "organs")
+    p.add_argument("--deep_supervision", action="store_true",
+                   help="masked_sigmoid: the loss also on every lower decoder stage (nnU-Net's deep supervision); "
+                        "results in MaskedSigmoidTrainer_ds")
     p.add_argument("-tr", dest="trainer_name", default=None,
                    help="name of the results folder's trainer part (default: derived from the options)")
     p.add_argument("--val_only", action="store_true",
@@ -116,6 +119,11 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError("--oversample_foreground is for the patch-based segmentation configurations (ccq, "
                             "dodnet, masked_sigmoid)")
         extra["oversample_foreground"] = args.oversample_foreground
+    if args.deep_supervision:
+        if entry.name != "masked_sigmoid":
+            raise UserError("--deep_supervision is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no "
+                            "per-stage outputs")
+        extra["deep_supervision"] = True
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,

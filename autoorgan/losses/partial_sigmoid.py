@@ -33,3 +33,33 @@ def partial_dice_bce(logits: torch.Tensor, targets: torch.Tensor, annotated: tor
         dice = torch.ones((), device=lg.device)
     loss = bce + (1 - dice)
     return loss, {"total": float(loss.detach()), "bce": float(bce.detach()), "dice": float(dice.detach())}
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    """nnU-Net's weights of ``n`` decoder outputs (full resolution first): 1/2^i, the lowest stage 0, summing to 1."""
+    w = [0.5 ** i for i in range(n)]
+    if n > 1:
+        w[-1] = 0.0
+    return [v / sum(w) for v in w]
+
+
+def deep_supervised(loss_fn, outputs: list[torch.Tensor], targets: torch.Tensor, annotated: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict]:
+    """``loss_fn`` (e.g. :func:`partial_dice_bce`) over every decoder output ``[B, K, *spatial_i]`` (full resolution
+    first) against ``targets [B, K, *spatial]`` brought to each output's size by nearest-neighbour downsampling,
+    weighted by :func:`deep_supervision_weights`. The logged parts are the full-resolution output's."""
+    total: torch.Tensor | None = None
+    parts: dict = {}
+    for i, (w, out) in enumerate(zip(deep_supervision_weights(len(outputs)), outputs)):
+        if w == 0:
+            continue
+        tgt = targets if out.shape[2:] == targets.shape[2:] else \
+            F.interpolate(targets, size=out.shape[2:], mode="nearest-exact")
+        term, info = loss_fn(out, tgt, annotated)
+        total = term * w if total is None else total + term * w
+        if i == 0:
+            parts = info
+    assert total is not None
+    if parts:
+        parts = dict(parts, total=float(total.detach()))
+    return total, parts

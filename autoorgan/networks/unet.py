@@ -2,9 +2,11 @@
 
 ``forward(x [B, C_in, D, H, W], classes [K] or [B, K] or None) -> logits [B, K, D, H, W]``: the network always
 computes every class (one 1x1x1 output channel each, the decoder is shared), ``classes`` only picks channels, so the
-interface matches :class:`autoorgan.networks.ccq.CCQ`. Partial labels are handled by the loss alone
-(:func:`autoorgan.losses.partial_sigmoid.partial_dice_bce`: an organ a case does not annotate gets no gradient),
-which is what a practitioner would try first with nnU-Net's architecture.
+interface matches :class:`autoorgan.networks.ccq.CCQ`. ``deep=True`` (training with deep supervision, as nnU-Net)
+returns the logits of every decoder stage, full resolution first: ``[[B, K, D, H, W], [B, K, D/2, H/2, W/2], ...]``
+(the per-stage output layers exist either way, so checkpoints do not depend on it). Partial labels are handled by
+the loss alone (:func:`autoorgan.losses.partial_sigmoid.partial_dice_bce`: an organ a case does not annotate gets no
+gradient), which is what a practitioner would try first with nnU-Net's architecture.
 """
 from __future__ import annotations
 
@@ -28,9 +30,15 @@ class SigmoidUNet(nn.Module):
     def from_plans(cls, configuration: dict, input_channels: int, num_classes: int) -> SigmoidUNet:
         return cls(input_channels, num_classes, configuration["architecture"]["arch_kwargs"])
 
-    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.unet(x)                                                   # [B, M, D, H, W]
-        if classes is None:
-            return logits
-        idx = _classes_per_image(classes, x.shape[0], self.num_classes, x.device)   # [B, K]
-        return torch.gather(logits, 1, idx.view(*idx.shape, 1, 1, 1).expand(-1, -1, *logits.shape[2:]))
+    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None, deep: bool = False
+                ) -> torch.Tensor | list[torch.Tensor]:
+        self.unet.decoder.deep_supervision = deep
+        try:
+            out = self.unet(x)                                   # [B, M, D, H, W] or a list of them (deep)
+        finally:
+            self.unet.decoder.deep_supervision = False
+        outs = out if deep else [out]
+        if classes is not None:
+            idx = _classes_per_image(classes, x.shape[0], self.num_classes, x.device)   # [B, K]
+            outs = [torch.gather(o, 1, idx.view(*idx.shape, 1, 1, 1).expand(-1, -1, *o.shape[2:])) for o in outs]
+        return outs if deep else outs[0]
