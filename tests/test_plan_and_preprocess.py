@@ -115,7 +115,7 @@ def test_bad_lambda_is_a_clear_error(planned):
     assert res.returncode == 2 and "outside [1, 5]" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_partial_annotation_survives_preprocessing(roots, partial_phantom_template):
+def test_partial_annotation_survives_preprocessing_and_patch_sampling(roots, partial_phantom_template):
     shutil.copytree(partial_phantom_template, roots["raw"] / partial_phantom_template.name)
     res = run_cli("autoorgan_plan_and_preprocess", "-d", "901", "-np", "1", "--quiet", "-c", "ccq")
     assert res.returncode == 0, res.stderr
@@ -136,6 +136,19 @@ def test_partial_annotation_survives_preprocessing(roots, partial_phantom_templa
     # 6 cases round-robin over 3 members: 2 cases each; bladder only in C, kidneys in B and C
     assert fp["bladder"]["num_cases_annotated"] == 2 and fp["spleen"]["num_cases_annotated"] == 2
     assert fp["kidney_left"]["num_cases_annotated"] == 4 and fp["liver"]["num_cases_annotated"] == 4
+    # --oversample_foreground 1 (models that refine Organ-DETR's boxes): every patch is centred on a voxel of an organ
+    # its case annotates (the organ is in the patch); 0: no patch is forced (nnU-Net's random patches)
+    from autoorgan.dataset.raw import annotated_labels, foreground_labels
+    from autoorgan.training.patches import PatchStream
+    values = sorted(foreground_labels(ds).values())
+    ids = sorted(p.stem for p in folder.glob("*.pkl"))
+    stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=1.0)
+    for g in range(len(stream)):
+        item = stream[g]
+        assert item["forced_class"] in values and item["forced_class"] in annotated_labels(ds, item["case_id"])
+        assert (np.asarray(item["seg"]) == item["forced_class"]).any(), (g, item["case_id"], item["forced_class"])
+    stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=0.0)
+    assert all(stream[g]["forced_class"] == -1 for g in range(len(stream)))
 
 
 def test_interrupted_preprocessing_resumes(planned, roots):
@@ -154,25 +167,3 @@ def test_interrupted_preprocessing_resumes(planned, roots):
     redone = {k for k in after if after[k] != keep.get(k)}
     assert redone == {"phantom_002.pkl", "phantom_005.pkl"}
 
-
-def test_foreground_oversampling_centres_every_patch_on_an_annotated_organ(roots, partial_phantom_template):
-    """--oversample_foreground 1 (for models that refine Organ-DETR's boxes): every patch is centred on a voxel of an
-    organ that its case annotates (the organ is in the patch); 0: no patch is forced (nnU-Net's random patches)."""
-    shutil.copytree(partial_phantom_template, roots["raw"] / partial_phantom_template.name)
-    res = run_cli("autoorgan_plan_and_preprocess", "-d", "901", "-np", "1", "--quiet", "-c", "ccq")
-    assert res.returncode == 0, res.stderr
-    pre = roots["preprocessed"] / partial_phantom_template.name
-    plans = json.loads((pre / "autoorganPlans.json").read_text())
-    ds = json.loads((pre / "dataset.json").read_text())
-    folder = pre / plans["configurations"]["ccq"]["data_identifier"]
-    ids = sorted(p.stem for p in folder.glob("*.pkl"))
-    from autoorgan.dataset.raw import annotated_labels, foreground_labels
-    from autoorgan.training.patches import PatchStream
-    values = sorted(foreground_labels(ds).values())
-    stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=1.0)
-    for g in range(len(stream)):
-        item = stream[g]
-        assert item["forced_class"] in values and item["forced_class"] in annotated_labels(ds, item["case_id"])
-        assert (np.asarray(item["seg"]) == item["forced_class"]).any(), (g, item["case_id"], item["forced_class"])
-    stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=0.0)
-    assert all(stream[g]["forced_class"] == -1 for g in range(len(stream)))

@@ -567,16 +567,12 @@ def test_checkpoint_of_another_network_version_is_a_one_line_error(model_roots, 
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def test_boxes_refined_by_label_maps_in_the_scans_own_voxels(model_roots, tmp_path):
+def test_boxes_refined_by_label_maps_in_the_scans_own_voxels(model_roots, tmp_path, monkeypatch):
     """--refine_with_masks: an organ whose label (largest component) lies near its coarse box and agrees with it gets
     that component's box in the scan's array order (oblique direction, anisotropic spacing); an organ without a label
     there keeps its box at half the score; a label map on another grid fails only its own case."""
     folder = _input_folder(tmp_path, 2)
-    coarse_out = tmp_path / "coarse"
-    res = run_cli("autoorgan_predict", "-i", str(folder), "-o", str(coarse_out), "-d", "900", "-f", "0", "-device",
-                  "cpu", "--quiet", env_roots=model_roots)
-    assert res.returncode == 0, res.stderr
-    coarse = {o["label"]: o for o in json.loads((coarse_out / "case00_boxes.json").read_text())["organs"]}
+    coarse = {o["label"]: o for o in _predictor(model_roots, monkeypatch).predict(folder / "case00_0000.nii.gz").boxes}
     image = make_volume()[0]
     seg = np.zeros(image.GetSize()[::-1], np.uint8)
     expected = {}
