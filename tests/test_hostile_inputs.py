@@ -370,6 +370,18 @@ def test_training_options_out_of_range(args, needle, env, capsys):
     assert not (env["results"].parent / "escape").exists()
 
 
+@pytest.mark.parametrize("config, args, needle", [
+    ("masked_sigmoid", ("--patch_size", "50", "50", "50"), "does not fit the planned network"),
+    ("masked_sigmoid", ("--oversample_foreground", "1.5"), "--oversample_foreground"),
+    ("organdetr", ("--patch_size", "32", "32", "32"), "is for the patch-based segmentation"),
+    ("organdetr", ("--oversample_foreground", "1"), "is for the patch-based segmentation"),
+    ("dodnet", ("--deep_supervision",), "is for masked_sigmoid"),
+])
+def test_segmentation_training_options_that_cannot_apply(config, args, needle, env, capsys):
+    code, err = run_main(capsys, train_main(), "900", config, "0", "-device", "cpu", *SHORT, *args)
+    assert_one_line_error(code, err, needle)
+
+
 @pytest.mark.parametrize("content, needle", [
     ("{not json", "not valid JSON"),
     (json.dumps({"train": []}), "must be a list"),
@@ -793,3 +805,21 @@ def test_subprocess_exit_codes_and_no_traceback(planned, tmp_path):
     res = subprocess.run([str(Path(sys.executable).with_name("autoorgan_train")), "900", "organdetr", "0", "--lr",
                           "nan"], capture_output=True, text=True, env=cli_env(planned), timeout=300)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--lr" in res.stderr, res.stderr
+
+
+def test_segmentation_patch_size_option_is_kept_for_prediction(env, capsys):
+    """--patch_size P0 P1 P2 (with --oversample_foreground and --deep_supervision): the run lands in its own folder
+    (MaskedSigmoidTrainer_fg100_p..._ds) whose plans hold that patch, so prediction slides the same window."""
+    plans = json.loads((env["preprocessed"] / DATASET / "autoorganPlans.json").read_text())
+    cfg = plans["configurations"]["ccq"]
+    strides = np.prod(np.asarray(cfg["architecture"]["arch_kwargs"]["strides"]), axis=0)
+    patch = [int(s) * 2 for s in strides]
+    assert patch != cfg["patch_size"]
+    code, err = run_main(capsys, train_main(), "900", "masked_sigmoid", "0", "-device", "cpu", *SHORT, "--no_val",
+                         "-num_workers", "0", "--patch_size", *patch, "--oversample_foreground", "1",
+                         "--deep_supervision")
+    assert code == 0, err
+    name = f"MaskedSigmoidTrainer_fg100_p{'x'.join(map(str, patch))}_ds"
+    folder = env["results"] / DATASET / f"{name}__autoorganPlans__ccq"
+    saved = json.loads((folder / "plans.json").read_text())["configurations"]["ccq"]
+    assert saved["patch_size"] == patch and (folder / "fold_0" / "checkpoint_final.pth").is_file()

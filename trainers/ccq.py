@@ -21,6 +21,7 @@ from autoorgan.training.patches import (
     choose_classes,
     collate_patches,
 )
+from autoorgan.utils.errors import UserError
 
 
 class CCQTrainer(TrainerBase):
@@ -38,6 +39,19 @@ class CCQTrainer(TrainerBase):
         self.classes_per_patch = None if (self.all_classes_in_training or k is None) else \
             max(1, min(int(k), len(self.label_values)))
         self.annotated = {ident: set(annotated_labels(self.dataset_json, ident)) for ident in self.train_ids}
+        if self.opt.extra.get("patch_size"):   # copied into the model folder's plans: prediction uses it too
+            self.plans["configurations"][self.section]["patch_size"] = self.checked_patch_size(
+                self.opt.extra["patch_size"])
+
+    def checked_patch_size(self, patch: list[int]) -> list[int]:
+        """``--patch_size``: three sizes, each a multiple of the network's total stride on its axis."""
+        strides = np.prod(np.asarray(self.cfg["architecture"]["arch_kwargs"]["strides"], np.int64), axis=0)
+        patch = [int(v) for v in patch]
+        if len(patch) != 3 or any(v < s or v % s for v, s in zip(patch, strides)):
+            raise UserError(f"--patch_size {' '.join(map(str, patch))} does not fit the planned network: give three "
+                            f"sizes, multiples of its total strides {strides.tolist()} (planned "
+                            f"{self.cfg['patch_size']})")
+        return patch
 
     def build_loss(self):
         return partial_dice_bce
@@ -50,7 +64,9 @@ class CCQTrainer(TrainerBase):
     def default_trainer_name(self) -> str:
         name = type(self).__name__
         p = self.opt.extra.get("oversample_foreground")
-        return name + (f"_fg{round(100 * p)}" if p is not None and p != OVERSAMPLE_FOREGROUND else "")
+        name += f"_fg{round(100 * p)}" if p is not None and p != OVERSAMPLE_FOREGROUND else ""
+        patch = self.opt.extra.get("patch_size")
+        return name + (f"_p{'x'.join(str(int(v)) for v in patch)}" if patch else "")
 
     collate_fn = staticmethod(collate_patches)
 

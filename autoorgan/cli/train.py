@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "uniformly, then a case annotating it; default 0.33 as nnU-Net); 1 suits a model that "
                         "refines Organ-DETR's boxes (autoorgan_predict --refine_with_masks), which looks only near "
                         "organs")
+    p.add_argument("--patch_size", type=int, nargs=3, default=None, metavar=("P0", "P1", "P2"),
+                   help="ccq, dodnet, masked_sigmoid: training and prediction patch (preprocessed axis order; "
+                        "multiples of the network's total strides) instead of the planned one; results in "
+                        "<Trainer>_pP0xP1xP2")
     p.add_argument("--deep_supervision", action="store_true",
                    help="masked_sigmoid: the loss also on every lower decoder stage (nnU-Net's deep supervision); "
                         "results in MaskedSigmoidTrainer_ds")
@@ -119,6 +123,11 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError("--oversample_foreground is for the patch-based segmentation configurations (ccq, "
                             "dodnet, masked_sigmoid)")
         extra["oversample_foreground"] = args.oversample_foreground
+    if args.patch_size is not None:
+        if entry.output != "masks":
+            raise UserError("--patch_size is for the patch-based segmentation configurations (ccq, dodnet, "
+                            "masked_sigmoid); organdetr's input shape is planned")
+        extra["patch_size"] = list(args.patch_size)
     if args.deep_supervision:
         if entry.name != "masked_sigmoid":
             raise UserError("--deep_supervision is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no "
