@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from autoorgan.boxes import Geometry, box_to_world
-from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores
+from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores, keep_largest_components
 
 
 def _label_map():
@@ -21,6 +21,17 @@ def _label_map():
 def test_largest_component_box_per_organ():
     boxes = boxes_from_label_map(_label_map(), [1, 2, 3])
     assert boxes == {1: [1, 2, 3, 5, 8, 9], 2: [6, 1, 0, 8, 3, 2]}   # organ 3 is absent: no box
+
+
+def test_keep_largest_component_drops_every_island_and_nothing_else():
+    """--keep_largest_component: each organ keeps its largest component only; the rest becomes background."""
+    lm = _label_map()
+    kept = keep_largest_components(lm, [1, 2, 3])
+    expected = lm.copy()
+    expected[8:9, 10:12, 12:14] = 0
+    expected[0, 0, 13] = 0
+    np.testing.assert_array_equal(kept, expected)
+    assert kept.dtype == lm.dtype and lm[0, 0, 13] == 2     # the input is left as it was
 
 
 def test_diagonal_voxels_are_one_component():

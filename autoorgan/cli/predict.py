@@ -52,6 +52,9 @@ def _parser(description: str) -> argparse.ArgumentParser:
                         "of the same scan (from autoorgan_predict -c dodnet|masked_sigmoid|ccq or nnUNetv2_predict): "
                         "the organ's largest component near the coarse box becomes its box where both agree "
                         "(docs/prediction.md)")
+    p.add_argument("--keep_largest_component", action="store_true",
+                   help="label maps (ccq, dodnet, masked_sigmoid) only: keep each organ's largest connected component "
+                        "and drop its islands (nnU-Net's post-processing; an organ is one piece)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -67,6 +70,10 @@ def _run(args, model_folder) -> None:
             raise UserError(f"--refine_with_masks {args.refine_with_masks} is not a folder (it holds one label map "
                             "CASE<file_ending> per scan)")
         predictor.refine_masks = Path(args.refine_with_masks)
+    if args.keep_largest_component:
+        if predictor.output != "masks":
+            raise UserError("--keep_largest_component is for label maps: use it with ccq, dodnet or masked_sigmoid")
+        predictor.keep_largest = True
     if args.tta and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)

@@ -44,6 +44,15 @@ def boxes_from_label_map(label_map: np.ndarray, labels: Sequence[int]) -> dict[i
     return out
 
 
+def keep_largest_components(label_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """``label_map [n0, n1, n2]`` with every label reduced to its largest 26-connected component (the rest becomes
+    background), as nnU-Net's "keep the largest component" post-processing; a new array."""
+    out = np.zeros_like(label_map)
+    for lab in labels:
+        out[largest_component(label_map == lab)] = lab
+    return out
+
+
 def component_scores(label_map: np.ndarray, probs, label_values: Sequence[int]) -> dict[int, float]:
     """Mean probability of each label over its largest component: ``label_map [n0, n1, n2]`` and ``probs
     [K, n0, n1, n2]`` (classes in the order of ``label_values``) on the same grid."""

@@ -342,6 +342,7 @@ class SegmentationPredictor(Predictor):
             raise UserError("test-time mirroring is for boxes (organdetr) only")
         self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
         self.patch_size = [int(p) for p in self.cfg["patch_size"]]
+        self.keep_largest = False  # --keep_largest_component: each organ reduced to its largest component
 
     @property
     def done_suffix(self) -> str:
@@ -352,7 +353,7 @@ class SegmentationPredictor(Predictor):
     def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Segmentation, Geometry | None]:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores
+        from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores, keep_largest_components
         from autoorgan.inference.segment import combine_classes
         from autoorgan.inference.sliding import sliding_window_probs
         with eval_mode(self.networks):
@@ -366,6 +367,8 @@ class SegmentationPredictor(Predictor):
         full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
         full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
         full = full.transpose(self.plans["transpose_backward"])
+        if self.keep_largest:
+            full = keep_largest_components(full, self.label_values)
         scores = component_scores(labels[0], probs, self.label_values)
         organs = {lab: (np.asarray(box, np.float64), scores.get(lab, 0.0))
                   for lab, box in boxes_from_label_map(full, self.label_values).items()}
@@ -501,6 +504,7 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
                     "output_types": list(output_types),
                     "refine_with_masks": str(getattr(predictor, "refine_masks", None) or "") or None,
+                    "keep_largest_component": bool(getattr(predictor, "keep_largest", False)),
                     "done": len(result.done) + len(result.skipped), "configuration": predictor.section,
                     "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array "
                                       "order"}
