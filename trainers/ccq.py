@@ -77,6 +77,8 @@ class CCQTrainer(TrainerBase):
             targets = binary_targets(seg, self.label_values)
             annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
                                      device=self.device)
+            if self.opt.extra.get("deep_supervision"):   # masked_sigmoid: every decoder stage (nnU-Net's weights)
+                return deep_supervised(self.loss, self.network(image, deep=True), targets, annotated)
             return self.loss(self.network(image), targets, annotated)
         chosen, flags = [], []
         for i, case in enumerate(batch["case_id"]):
@@ -111,12 +113,3 @@ class MaskedSigmoidTrainer(CCQTrainer):
 
     def default_trainer_name(self) -> str:
         return super().default_trainer_name() + ("_ds" if self.opt.extra.get("deep_supervision") else "")
-
-    def compute_loss(self, batch):
-        if not self.opt.extra.get("deep_supervision"):
-            return super().compute_loss(batch)
-        image = batch["image"].to(self.device, non_blocking=True)
-        targets = binary_targets(batch["seg"].to(self.device), self.label_values)          # [B, K, D, H, W]
-        annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
-                                 device=self.device)
-        return deep_supervised(self.loss, self.network(image, deep=True), targets, annotated)

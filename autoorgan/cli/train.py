@@ -118,16 +118,15 @@ def run(args: argparse.Namespace) -> dict:
         extra["iou_head"] = False
     if args.recipe:
         extra["recipe"] = args.recipe
-    if args.oversample_foreground is not None:
+    patch_options = {"--oversample_foreground": args.oversample_foreground,
+                     "--patch_size": list(args.patch_size) if args.patch_size else None}
+    for flag, value in patch_options.items():
+        if value is None:
+            continue
         if entry.output != "masks":
-            raise UserError("--oversample_foreground is for the patch-based segmentation configurations (ccq, "
-                            "dodnet, masked_sigmoid)")
-        extra["oversample_foreground"] = args.oversample_foreground
-    if args.patch_size is not None:
-        if entry.output != "masks":
-            raise UserError("--patch_size is for the patch-based segmentation configurations (ccq, dodnet, "
-                            "masked_sigmoid); organdetr's input shape is planned")
-        extra["patch_size"] = list(args.patch_size)
+            raise UserError(f"{flag} is for the patch-based segmentation configurations (ccq, dodnet, "
+                            "masked_sigmoid), not organdetr")
+        extra[flag.lstrip("-")] = value
     if args.deep_supervision:
         if entry.name != "masked_sigmoid":
             raise UserError("--deep_supervision is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no "

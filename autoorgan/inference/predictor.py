@@ -107,6 +107,8 @@ class Predictor:
         self._reader = None
         self.output_types: tuple[str, ...] = ("nifti",)  # of autoorgan.inference.dicom_out.OUTPUT_TYPES
         self.backend = "torch"
+        self.refine_masks: Path | None = None  # boxes: folder of label maps of the same scans (--refine_with_masks)
+        self.keep_largest = False  # label maps: each organ reduced to its largest component (--keep_largest_component)
 
     @property
     def reader(self) -> Any:
@@ -231,7 +233,6 @@ class OrganDETRPredictor(Predictor):
         self.input_shape = tuple(int(v) for v in self.cfg["input_shape"])
         # how the trainer fitted over-size cases (model folders from before the key: per axis, as they trained)
         self.isotropic = self.cfg.get("organdetr", {}).get("fit", "per_axis") == "isotropic"
-        self.refine_masks: Path | None = None  # folder of label maps of the same scans (autoorgan.inference.refine)
 
     def refine_case(self, case_id: str, prediction: Organs, geometry: Geometry) -> Organs:
         """With :attr:`refine_masks`: each box refined by the organ's largest component in ``CASE<file_ending>``
@@ -342,7 +343,6 @@ class SegmentationPredictor(Predictor):
             raise UserError("test-time mirroring is for boxes (organdetr) only")
         self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
         self.patch_size = [int(p) for p in self.cfg["patch_size"]]
-        self.keep_largest = False  # --keep_largest_component: each organ reduced to its largest component
 
     @property
     def done_suffix(self) -> str:
@@ -503,8 +503,8 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
                     "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
                     "output_types": list(output_types),
-                    "refine_with_masks": str(getattr(predictor, "refine_masks", None) or "") or None,
-                    "keep_largest_component": bool(getattr(predictor, "keep_largest", False)),
+                    "refine_with_masks": str(predictor.refine_masks) if predictor.refine_masks else None,
+                    "keep_largest_component": predictor.keep_largest,
                     "done": len(result.done) + len(result.skipped), "configuration": predictor.section,
                     "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array "
                                       "order"}
