@@ -376,6 +376,7 @@ def test_training_options_out_of_range(args, needle, env, capsys):
     ("organdetr", ("--patch_size", "32", "32", "32"), "is for the patch-based segmentation"),
     ("organdetr", ("--oversample_foreground", "1"), "is for the patch-based segmentation"),
     ("dodnet", ("--deep_supervision",), "is for masked_sigmoid"),
+    ("ccq", ("--no_deep_supervision",), "is for masked_sigmoid"),
 ])
 def test_segmentation_training_options_that_cannot_apply(config, args, needle, env, capsys):
     code, err = run_main(capsys, train_main(), "900", config, "0", "-device", "cpu", *SHORT, *args)
@@ -807,19 +808,29 @@ def test_subprocess_exit_codes_and_no_traceback(planned, tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--lr" in res.stderr, res.stderr
 
 
-def test_segmentation_patch_size_option_is_kept_for_prediction(env, capsys):
-    """--patch_size P0 P1 P2 (with --oversample_foreground and --deep_supervision): the run lands in its own folder
-    (MaskedSigmoidTrainer_fg100_p..._ds) whose plans hold that patch, so prediction slides the same window."""
-    plans = json.loads((env["preprocessed"] / DATASET / "autoorganPlans.json").read_text())
-    cfg = plans["configurations"]["ccq"]
-    strides = np.prod(np.asarray(cfg["architecture"]["arch_kwargs"]["strides"]), axis=0)
-    patch = [int(s) * 2 for s in strides]
-    assert patch != cfg["patch_size"]
+def test_masked_sigmoid_trains_the_plans_recipe_and_options_override_it(env, capsys):
+    """Without options masked_sigmoid trains the plans' recipe (MaskedSigmoidTrainer; its patch lands in the model
+    folder's plans, so prediction slides the same window); each option that departs from the recipe names its own
+    folder."""
+    from autoorgan.trainers.ccq import MaskedSigmoidTrainer
+    from autoorgan.training.options import TrainOptions
+    cfg = json.loads((env["preprocessed"] / DATASET / "autoorganPlans.json").read_text())["configurations"]["ccq"]
+    recipe = cfg["masked_sigmoid"]
+    assert recipe["patch_size"] != cfg["patch_size"]
     code, err = run_main(capsys, train_main(), "900", "masked_sigmoid", "0", "-device", "cpu", *SHORT, "--no_val",
-                         "-num_workers", "0", "--patch_size", *patch, "--oversample_foreground", "1",
-                         "--deep_supervision")
+                         "-num_workers", "0")
     assert code == 0, err
-    name = f"MaskedSigmoidTrainer_fg100_p{'x'.join(map(str, patch))}_ds"
-    folder = env["results"] / DATASET / f"{name}__autoorganPlans__ccq"
+    folder = env["results"] / DATASET / "MaskedSigmoidTrainer__autoorganPlans__ccq"
     saved = json.loads((folder / "plans.json").read_text())["configurations"]["ccq"]
-    assert saved["patch_size"] == patch and (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    assert saved["patch_size"] == recipe["patch_size"] and (folder / "fold_0" / "checkpoint_final.pth").is_file()
+
+    def trainer(**extra):
+        return MaskedSigmoidTrainer(DATASET, 0, TrainOptions(extra=extra), "cpu")
+    t = trainer()
+    assert t.recipe == {k: recipe[k] for k in ("patch_size", "oversample_foreground", "deep_supervision")}
+    assert t.make_training_stream(4).oversample == recipe["oversample_foreground"]
+    assert trainer(deep_supervision=True).trainer_name == "MaskedSigmoidTrainer"
+    patch = [int(v) for v in cfg["patch_size"]]
+    t = trainer(patch_size=patch, oversample_foreground=0.5, deep_supervision=False)
+    assert t.trainer_name == f"MaskedSigmoidTrainer_fg50_p{'x'.join(map(str, patch))}_nods"
+    assert t.make_training_stream(4).oversample == 0.5 and t.plans["configurations"]["ccq"]["patch_size"] == patch

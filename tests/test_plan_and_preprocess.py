@@ -37,6 +37,18 @@ def test_plans_hold_both_configurations_with_reasons(planned):
     assert fp["classes"]["liver"]["num_cases_present"] == fp["classes"]["liver"]["num_cases_annotated"] == 8
     assert set(fp["classes"]["aorta"]["box_extent_mm"]) == {"median", "p05", "p95"}
     assert fp["organs_per_case"]["max"] == 7
+    # masked_sigmoid's CPU recipe: the smallest patch (stride multiples) holding the largest organ's 95th-percentile
+    # box (at most the planned patch), every patch on an organ, deep supervision
+    ms, planned_patch = ccq["masked_sigmoid"], np.asarray(ccq["patch_size"])
+    strides = np.prod(np.asarray(ccq["architecture"]["arch_kwargs"]["strides"]), axis=0)
+    largest = max(fp["classes"].values(), key=lambda c: np.prod(c["box_extent_mm"]["median"]))
+    need = np.asarray(largest["box_extent_mm"]["p95"])[plans["transpose_forward"]] / np.asarray(ccq["spacing"])
+    patch = np.asarray(ms["patch_size"])
+    assert np.all(patch % strides == 0) and np.all(patch <= planned_patch)
+    assert np.all((patch >= need) | (patch == planned_patch)) and np.all((patch - strides < need) | (patch == strides))
+    assert np.any(patch < planned_patch), (patch, planned_patch)
+    assert ms["oversample_foreground"] == 1 and ms["deep_supervision"] is True
+    assert all(ms["_why"][k] for k in ("patch_size", "oversample_foreground", "deep_supervision"))
 
 
 def test_preprocessed_boxes_match_preprocessed_label_maps(planned):
@@ -88,6 +100,10 @@ def test_larger_gpu_budget_gives_a_larger_input(planned, roots):
     assert np.prod(gpu["input_shape"]) >= np.prod(cpu["input_shape"])
     assert all(g <= c + 1e-9 for g, c in zip(gpu["spacing"], cpu["spacing"]))
     assert gpu["architecture"]["arch_kwargs"]["hidden_dim"] > cpu["architecture"]["arch_kwargs"]["hidden_dim"]
+    # GPU plan: masked_sigmoid trains nnU-Net's recipe (planned patch; the trainer's 33 % organ-centred patches)
+    ccq = json.loads((pre / "autoorganPlans.json").read_text())["configurations"]["ccq"]
+    assert ccq["masked_sigmoid"]["patch_size"] == ccq["patch_size"]
+    assert "oversample_foreground" not in ccq["masked_sigmoid"] and ccq["masked_sigmoid"]["deep_supervision"]
 
 
 def test_input_shape_is_coarsened_to_fit_the_budget():

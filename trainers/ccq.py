@@ -39,9 +39,17 @@ class CCQTrainer(TrainerBase):
         self.classes_per_patch = None if (self.all_classes_in_training or k is None) else \
             max(1, min(int(k), len(self.label_values)))
         self.annotated = {ident: set(annotated_labels(self.dataset_json, ident)) for ident in self.train_ids}
-        if self.opt.extra.get("patch_size"):   # copied into the model folder's plans: prediction uses it too
+        self.recipe = {k: self.opt.extra.get(k, v) for k, v in self.default_recipe().items()}
+        if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
+            # copied into the model folder's plans: prediction slides the same window
             self.plans["configurations"][self.section]["patch_size"] = self.checked_patch_size(
-                self.opt.extra["patch_size"])
+                self.recipe["patch_size"])
+
+    def default_recipe(self) -> dict:
+        """What the command line's ``--patch_size``, ``--oversample_foreground`` and ``--(no_)deep_supervision``
+        override: ccq and dodnet train the planned patch with nnU-Net's 33 % organ-centred patches."""
+        return {"patch_size": [int(v) for v in self.cfg["patch_size"]],
+                "oversample_foreground": OVERSAMPLE_FOREGROUND, "deep_supervision": False}
 
     def checked_patch_size(self, patch: list[int]) -> list[int]:
         """``--patch_size``: three sizes, each a multiple of the network's total stride on its axis."""
@@ -59,14 +67,20 @@ class CCQTrainer(TrainerBase):
     def make_training_stream(self, num_samples: int):
         return PatchStream(self.data_folder, self.train_ids, self.plans, self.section, self.dataset_json,
                            self.opt.seed, num_samples, tuple(self.cfg.get("mirror_axes", ())),
-                           self.opt.extra.get("oversample_foreground", OVERSAMPLE_FOREGROUND))
+                           float(self.recipe["oversample_foreground"]))
 
     def default_trainer_name(self) -> str:
+        """The class name, plus a suffix per option that departs from the configuration's recipe (its own folder)."""
+        default = self.default_recipe()
+        recipe = {k: self.opt.extra.get(k, v) for k, v in default.items()}
         name = type(self).__name__
-        p = self.opt.extra.get("oversample_foreground")
-        name += f"_fg{round(100 * p)}" if p is not None and p != OVERSAMPLE_FOREGROUND else ""
-        patch = self.opt.extra.get("patch_size")
-        return name + (f"_p{'x'.join(str(int(v)) for v in patch)}" if patch else "")
+        if recipe["oversample_foreground"] != default["oversample_foreground"]:
+            name += f"_fg{round(100 * recipe['oversample_foreground'])}"
+        if list(recipe["patch_size"]) != default["patch_size"]:
+            name += f"_p{'x'.join(str(int(v)) for v in recipe['patch_size'])}"
+        if recipe["deep_supervision"] != default["deep_supervision"]:
+            name += "_ds" if recipe["deep_supervision"] else "_nods"
+        return name
 
     collate_fn = staticmethod(collate_patches)
 
@@ -77,7 +91,7 @@ class CCQTrainer(TrainerBase):
             targets = binary_targets(seg, self.label_values)
             annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
                                      device=self.device)
-            if self.opt.extra.get("deep_supervision"):   # masked_sigmoid: every decoder stage (nnU-Net's weights)
+            if self.recipe["deep_supervision"]:   # masked_sigmoid: every decoder stage (nnU-Net's weights)
                 return deep_supervised(self.loss, self.network(image, deep=True), targets, annotated)
             return self.loss(self.network(image), targets, annotated)
         chosen, flags = [], []
@@ -103,13 +117,18 @@ class DoDNetTrainer(CCQTrainer):
 
 
 class MaskedSigmoidTrainer(CCQTrainer):
-    """The masked-sigmoid baseline (nnU-Net's plain U-Net, one sigmoid output per class), same data, loss and
-    schedule; every patch trains all of its case's annotated classes (the network computes them all anyway).
-    ``--deep_supervision``: the loss also on every lower decoder stage, against nearest-downsampled targets, weighted
-    1/2^i and normalised with the lowest stage left out (nnU-Net's deep supervision)."""
+    """The masked-sigmoid baseline (nnU-Net's plain U-Net, one sigmoid output per class), same data and loss;
+    every patch trains all of its case's annotated classes (the network computes them all anyway). Its recipe comes
+    from the plans' ``masked_sigmoid`` entry (CPU plan: an organ-sized patch, every patch on an organ; see its
+    ``_why``). Deep supervision: the loss also on every lower decoder stage, against nearest-downsampled targets,
+    weighted 1/2^i and normalised with the lowest stage left out (nnU-Net's)."""
 
     configuration = "masked_sigmoid"
     all_classes_in_training = True
 
-    def default_trainer_name(self) -> str:
-        return super().default_trainer_name() + ("_ds" if self.opt.extra.get("deep_supervision") else "")
+    def default_recipe(self) -> dict:
+        """The plans' recipe; plans written before it existed: the planned patch, 33 %, deep supervision."""
+        planned = self.cfg.get("masked_sigmoid", {})
+        base = {**super().default_recipe(), "deep_supervision": True}
+        return {k: ([int(x) for x in planned[k]] if k == "patch_size" else planned[k]) if k in planned else v
+                for k, v in base.items()}

@@ -58,16 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "one learning rate, the paper's heads and dropout); default: docs/training.md")
     p.add_argument("--oversample_foreground", type=float, default=None, metavar="P",
                    help="ccq, dodnet, masked_sigmoid: fraction of patches centred on an organ (an organ drawn "
-                        "uniformly, then a case annotating it; default 0.33 as nnU-Net); 1 suits a model that "
-                        "refines Organ-DETR's boxes (autoorgan_predict --refine_with_masks), which looks only near "
-                        "organs")
+                        "uniformly, then a case annotating it; default: ccq/dodnet 0.33 as nnU-Net, masked_sigmoid "
+                        "the plans' recipe, 1 on a CPU plan)")
     p.add_argument("--patch_size", type=int, nargs=3, default=None, metavar=("P0", "P1", "P2"),
                    help="ccq, dodnet, masked_sigmoid: training and prediction patch (preprocessed axis order; "
-                        "multiples of the network's total strides) instead of the planned one; results in "
-                        "<Trainer>_pP0xP1xP2")
-    p.add_argument("--deep_supervision", action="store_true",
-                   help="masked_sigmoid: the loss also on every lower decoder stage (nnU-Net's deep supervision); "
-                        "results in MaskedSigmoidTrainer_ds")
+                        "multiples of the network's total strides) instead of the planned one (masked_sigmoid: its "
+                        "recipe's, organ-sized on a CPU plan); results in <Trainer>_pP0xP1xP2")
+    ds = p.add_mutually_exclusive_group()
+    ds.add_argument("--deep_supervision", action="store_true",
+                    help="masked_sigmoid: the loss also on every lower decoder stage (nnU-Net's deep supervision; "
+                         "the default of the plans' masked_sigmoid recipe)")
+    ds.add_argument("--no_deep_supervision", action="store_true",
+                    help="masked_sigmoid: the loss on the full-resolution output only (ablation); results in "
+                         "MaskedSigmoidTrainer_nods")
     p.add_argument("-tr", dest="trainer_name", default=None,
                    help="name of the results folder's trainer part (default: derived from the options)")
     p.add_argument("--val_only", action="store_true",
@@ -127,11 +130,12 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError(f"{flag} is for the patch-based segmentation configurations (ccq, dodnet, "
                             "masked_sigmoid), not organdetr")
         extra[flag.lstrip("-")] = value
-    if args.deep_supervision:
+    if args.deep_supervision or args.no_deep_supervision:
+        flag = "--deep_supervision" if args.deep_supervision else "--no_deep_supervision"
         if entry.name != "masked_sigmoid":
-            raise UserError("--deep_supervision is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no "
-                            "per-stage outputs")
-        extra["deep_supervision"] = True
+            raise UserError(f"{flag} is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no per-stage "
+                            "outputs")
+        extra["deep_supervision"] = bool(args.deep_supervision)
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,
