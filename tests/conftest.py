@@ -112,6 +112,25 @@ def phantom(roots, phantom_template):
     return dst
 
 
+def run_main(capsys, main, *argv) -> tuple[int, str]:
+    """Run a console-script ``main`` in this process; returns (exit status, stderr)."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("autoorgan: error:")]
+    assert len(errors) == 1, err
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+
+
 def edit_json(path: Path, fn) -> None:
     data = json.loads(Path(path).read_text())
     fn(data)

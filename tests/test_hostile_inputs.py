@@ -20,31 +20,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import cli_env, edit_json, run_cli, tiny_model_folder
+from conftest import assert_one_line_error, cli_env, edit_json, run_cli, run_main, tiny_model_folder
 from learning_checks import tiny_ccq_plans, tiny_organdetr_plans
 
 DATASET = "Dataset900_Phantom"
 MARKER = "PAYLOAD_RAN"
 SHORT = ("--epochs", "1", "--iters_per_epoch", "1", "--val_every", "1")  # bounded even where the code under test fails
-
-
-def run_main(capsys, main, *argv) -> tuple[int, str]:
-    """Run a console-script ``main`` in this process; returns (exit status, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("autoorgan: error:")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
 
 
 class Payload:

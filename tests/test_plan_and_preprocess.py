@@ -15,11 +15,24 @@ def _plan_and_preprocess(extra=()):
     return run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-np", "1", "--quiet", *extra)
 
 
-@pytest.fixture
-def planned(phantom, roots):
-    res = _plan_and_preprocess()
+@pytest.fixture(scope="module")
+def planned_once(tmp_path_factory, phantom_template):
+    """The small phantom planned and preprocessed once per module (copy before use: ``planned``)."""
+    base = tmp_path_factory.mktemp("planned_once")
+    roots = {kind: base / kind for kind in ("raw", "preprocessed", "results")}
+    shutil.copytree(phantom_template, roots["raw"] / phantom_template.name)
+    res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-np", "1", "--quiet", env_roots=roots)
     assert res.returncode == 0, res.stderr
-    pre = roots["preprocessed"] / phantom.name
+    return roots
+
+
+@pytest.fixture
+def planned(planned_once, phantom_template, roots):
+    """This test's own copy of the planned phantom (copies keep the files' modification times, so a rerun of
+    the planner sees the dataset it fingerprinted)."""
+    for kind in ("raw", "preprocessed"):
+        shutil.copytree(planned_once[kind], roots[kind])
+    pre = roots["preprocessed"] / phantom_template.name
     return pre, json.loads((pre / "autoorganPlans.json").read_text())
 
 

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import cli_env, run_cli
+from conftest import assert_one_line_error, cli_env, run_cli, run_main
 
 DATASET = "Dataset900_Phantom"
 MODEL = "OrganDETRTrainer__autoorganPlans__organdetr"
@@ -541,16 +541,18 @@ def test_a_bad_case_does_not_stop_the_others(model_roots, tmp_path):
     (("-d", "900", "--keep_largest_component"), "is for label maps"),
     (("-d", "900", "--refine_with_masks", "/nonexistent/masks"), "is not a folder"),
 ])
-def test_bad_arguments_give_one_line_errors(model_roots, tmp_path, args, message):
+def test_bad_arguments_give_one_line_errors(model_roots, tmp_path, args, message, capsys, monkeypatch):
+    """In this process (the installed scripts' exit status and stderr: test_hostile_inputs)."""
+    from autoorgan.cli.predict import main
+    for kind, path in model_roots.items():
+        monkeypatch.setenv(f"autoorgan_{kind}", str(path))
     folder = _input_folder(tmp_path, 1)
     argv = ["-i", str(folder), "-o", str(tmp_path / "out"), "-device", "cpu", *args]
     if "MISSING" in argv:
         argv[argv.index("MISSING")] = str(tmp_path / "missing")
         argv.remove(str(folder)), argv.remove("-i")
-    res = run_cli("autoorgan_predict", *argv, env_roots=model_roots)
-    assert res.returncode == 2, res.stderr
-    assert message in res.stderr and "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    code, err = run_main(capsys, main, *argv)
+    assert_one_line_error(code, err, message)
     assert not list((tmp_path / "out").glob("*_boxes.json"))  # nothing half-written
 
 

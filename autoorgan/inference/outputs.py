@@ -156,7 +156,8 @@ def save_png(image: np.ndarray, organs: dict[int, tuple[np.ndarray, float]], nam
             else:
                 ax.text(0.01, 0.5, "A", color="cyan", transform=ax.transAxes, fontsize=8)
                 ax.text(0.96, 0.5, "P", color="cyan", transform=ax.transAxes, fontsize=8)
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every text artist (most of the figure's time, ~1 s for 7 organs)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.25 / (3.3 * rows), wspace=0.05, hspace=0.2)
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=80)
