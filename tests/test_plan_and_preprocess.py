@@ -51,7 +51,7 @@ def test_plans_hold_both_configurations_with_reasons(planned):
     assert set(fp["classes"]["aorta"]["box_extent_mm"]) == {"median", "p05", "p95"}
     assert fp["organs_per_case"]["max"] == 7
     # masked_sigmoid's CPU recipe: the smallest patch (stride multiples) holding the largest organ's 95th-percentile
-    # box (at most the planned patch), every patch on an organ, deep supervision
+    # box (at most the planned patch), every patch on an organ, deep supervision, largest components kept
     ms, planned_patch = ccq["masked_sigmoid"], np.asarray(ccq["patch_size"])
     strides = np.prod(np.asarray(ccq["architecture"]["arch_kwargs"]["strides"]), axis=0)
     largest = max(fp["classes"].values(), key=lambda c: np.prod(c["box_extent_mm"]["median"]))
@@ -60,8 +60,9 @@ def test_plans_hold_both_configurations_with_reasons(planned):
     assert np.all(patch % strides == 0) and np.all(patch <= planned_patch)
     assert np.all((patch >= need) | (patch == planned_patch)) and np.all((patch - strides < need) | (patch == strides))
     assert np.any(patch < planned_patch), (patch, planned_patch)
-    assert ms["oversample_foreground"] == 1 and ms["deep_supervision"] is True
-    assert all(ms["_why"][k] for k in ("patch_size", "oversample_foreground", "deep_supervision"))
+    assert ms["oversample_foreground"] == 1 and ms["deep_supervision"] is True and ms["keep_largest_component"]
+    assert all(ms["_why"][k] for k in ("patch_size", "oversample_foreground", "deep_supervision",
+                                       "keep_largest_component"))
 
 
 def test_preprocessed_boxes_match_preprocessed_label_maps(planned):
@@ -113,10 +114,12 @@ def test_larger_gpu_budget_gives_a_larger_input(planned, roots):
     assert np.prod(gpu["input_shape"]) >= np.prod(cpu["input_shape"])
     assert all(g <= c + 1e-9 for g, c in zip(gpu["spacing"], cpu["spacing"]))
     assert gpu["architecture"]["arch_kwargs"]["hidden_dim"] > cpu["architecture"]["arch_kwargs"]["hidden_dim"]
-    # GPU plan: masked_sigmoid trains nnU-Net's recipe (planned patch; the trainer's 33 % organ-centred patches)
+    # GPU plan: masked_sigmoid trains nnU-Net's recipe (planned patch; the trainer's 33 % organ-centred patches;
+    # label maps as predicted)
     ccq = json.loads((pre / "autoorganPlans.json").read_text())["configurations"]["ccq"]
     assert ccq["masked_sigmoid"]["patch_size"] == ccq["patch_size"]
     assert "oversample_foreground" not in ccq["masked_sigmoid"] and ccq["masked_sigmoid"]["deep_supervision"]
+    assert ccq["masked_sigmoid"]["keep_largest_component"] is False
 
 
 def test_input_shape_is_coarsened_to_fit_the_budget():

@@ -40,10 +40,14 @@ class CCQTrainer(TrainerBase):
             max(1, min(int(k), len(self.label_values)))
         self.annotated = {ident: set(annotated_labels(self.dataset_json, ident)) for ident in self.train_ids}
         self.recipe = {k: self.opt.extra.get(k, v) for k, v in self.default_recipe().items()}
+        section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
         if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
-            # copied into the model folder's plans: prediction slides the same window
-            self.plans["configurations"][self.section]["patch_size"] = self.checked_patch_size(
-                self.recipe["patch_size"])
+            section["patch_size"] = self.checked_patch_size(self.recipe["patch_size"])   # the same window
+        section["keep_largest_component"] = self.keep_largest_component()
+
+    def keep_largest_component(self) -> bool:
+        """Whether prediction keeps each organ's largest component by default (ccq, dodnet: no)."""
+        return False
 
     def default_recipe(self) -> dict:
         """What the command line's ``--patch_size``, ``--oversample_foreground`` and ``--(no_)deep_supervision``
@@ -132,3 +136,7 @@ class MaskedSigmoidTrainer(CCQTrainer):
         base = {**super().default_recipe(), "deep_supervision": True}
         return {k: ([int(x) for x in planned[k]] if k == "patch_size" else planned[k]) if k in planned else v
                 for k, v in base.items()}
+
+    def keep_largest_component(self) -> bool:
+        """The plans' recipe says (CPU plan: yes, every training patch was on an organ)."""
+        return bool(self.cfg.get("masked_sigmoid", {}).get("keep_largest_component", False))

@@ -343,6 +343,8 @@ class SegmentationPredictor(Predictor):
             raise UserError("test-time mirroring is for boxes (organdetr) only")
         self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
         self.patch_size = [int(p) for p in self.cfg["patch_size"]]
+        # the trainer's choice (model folder plans; masked_sigmoid's CPU recipe: yes); the command line overrides it
+        self.keep_largest = bool(self.cfg.get("keep_largest_component", False))
 
     @property
     def done_suffix(self) -> str:
