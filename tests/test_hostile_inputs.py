@@ -822,7 +822,8 @@ def test_masked_sigmoid_trains_the_plans_recipe_and_options_override_it(env, cap
     t = trainer()
     assert t.recipe == {k: recipe[k] for k in ("patch_size", "oversample_foreground", "deep_supervision")}
     assert t.make_training_stream(4).oversample == recipe["oversample_foreground"]
-    assert trainer(deep_supervision=True).trainer_name == "MaskedSigmoidTrainer"
+    t = trainer(deep_supervision=True, patch_size=list(recipe["patch_size"]))   # the recipe's own values
+    assert t.trainer_name == "MaskedSigmoidTrainer" and t.opt.extra == {}   # --c with or without them: the same run
     patch = [int(v) for v in cfg["patch_size"]]
     t = trainer(patch_size=patch, oversample_foreground=0.5, deep_supervision=False)
     assert t.trainer_name == f"MaskedSigmoidTrainer_fg50_p{'x'.join(map(str, patch))}_nods"

@@ -39,7 +39,10 @@ class CCQTrainer(TrainerBase):
         self.classes_per_patch = None if (self.all_classes_in_training or k is None) else \
             max(1, min(int(k), len(self.label_values)))
         self.annotated = {ident: set(annotated_labels(self.dataset_json, ident)) for ident in self.train_ids}
-        self.recipe = {k: self.opt.extra.get(k, v) for k, v in self.default_recipe().items()}
+        default = self.default_recipe()
+        for k in [k for k, v in default.items() if self.opt.extra.get(k, not v) == v]:
+            del self.opt.extra[k]   # an option equal to the recipe is no option (--c with or without it is the same)
+        self.recipe = {k: self.opt.extra.get(k, v) for k, v in default.items()}
         section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
         if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
             section["patch_size"] = self.checked_patch_size(self.recipe["patch_size"])   # the same window
