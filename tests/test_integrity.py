@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import edit_json, run_cli
+from conftest import assert_one_line_error, edit_json, run_cli, run_main
 
 CASE = "phantom_003"
 
@@ -88,14 +88,12 @@ BREAKERS = {
 
 
 @pytest.mark.parametrize("kind", sorted(BREAKERS))
-def test_bad_input_gets_one_line_error(kind, phantom, roots):
+def test_bad_input_gets_one_line_error(kind, phantom, roots, capsys):
+    """In this process (the installed scripts' exit status and stderr: test_hostile_inputs)."""
+    from autoorgan.cli.plan_and_preprocess import main
     breaker, expected = BREAKERS[kind]
     breaker(phantom)
-    res = run_cli("autoorgan_plan_and_preprocess", "-d", "900", "-np", "1", "--quiet")
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("autoorgan: error:")]
-    assert len(errors) == 1 and expected in errors[0], res.stderr
+    assert_one_line_error(*run_main(capsys, main, "-d", "900", "-np", "1", "--quiet"), expected)
     assert not (roots["preprocessed"] / phantom.name).exists(), "nothing may be written on bad input"
 
 
