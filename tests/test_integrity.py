@@ -1,5 +1,6 @@
 """Every kind of bad input gets its own one-line error, exit code 2, no traceback, nothing written."""
 import gzip
+import json
 import shutil
 
 import numpy as np
@@ -108,3 +109,15 @@ def test_valid_dataset_passes_the_check(phantom):
     ds = load_dataset_json(phantom)
     fp = extract_fingerprint(list_cases(phantom, ds), ds, num_processes=1, progress=False)
     assert fp["autoorgan"]["num_cases"] == 8
+
+
+def test_a_contoured_list_without_annotated_labels_is_warned_about(phantom, roots, capsys):
+    """A dataset shipped with a per-case organ list (OpenKBP's contoured.json) that was not recorded in dataset.json
+    would silently train uncontoured organs as background: the fingerprint step says so and names the fix."""
+    from autoorgan.cli.plan_and_preprocess import main_fingerprint
+    (phantom / "contoured.json").write_text(json.dumps({"contoured": {CASE: ["liver"]}}))
+    code, err = run_main(capsys, main_fingerprint, "-d", "900", "-np", "1", "--quiet")
+    assert code == 0 and "warning" in err and "autoorgan_convert_contoured_json -i" in err, err
+    edit_json(phantom / "dataset.json", lambda j: j.update(annotated_labels={"cases": {CASE: ["liver"]}}))
+    code, err = run_main(capsys, main_fingerprint, "-d", "900", "-np", "1", "--quiet")
+    assert code == 0 and "warning" not in err, err

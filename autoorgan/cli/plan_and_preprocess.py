@@ -87,6 +87,12 @@ def run_fingerprint(dataset: str, args) -> tuple[str, dict]:
     from autoorgan.planning.fingerprint import extract_fingerprint
     from autoorgan.utils.fileio import load_json, write_json_atomic
     name, folder, ds, cases = _load_raw(dataset)
+    from autoorgan.dataset.raw import ANNOTATION_KEY
+    if (folder / "contoured.json").is_file() and ANNOTATION_KEY not in ds:
+        print(f"autoorgan: warning: {folder} has a contoured.json but its dataset.json no '{ANNOTATION_KEY}': every "
+              "organ counts as annotated in every case (an uncontoured organ is trained as background); to record "
+              f"the partial annotation run autoorgan_convert_contoured_json -i {folder}, then this command again",
+              file=sys.stderr)
     out = preprocessed_root() / name
     if getattr(args, "clean", False) and out.is_dir():
         shutil.rmtree(out)
