@@ -86,6 +86,12 @@ def main() -> None:
                    help="wall-clock budget, planned as autoorgan_train plans it: after every epoch the poly "
                         "schedule's length is re-planned from the median epoch time so that the learning rate reaches "
                         "~0 at the deadline (--epochs is then an upper bound)")
+    p.add_argument("--patch_size", type=int, nargs=3, default=None, metavar=("P0", "P1", "P2"),
+                   help="patch size instead of the plans' (e.g. masked_sigmoid's CPU recipe, plans "
+                        "configurations.ccq.masked_sigmoid.patch_size), for nnU-Net with the same patches")
+    p.add_argument("--oversample_foreground", type=float, default=None, metavar="P",
+                   help="nnU-Net's oversample_foreground_percent (its default 0.33; 1: every patch centred on a "
+                        "foreground voxel of a class the case has, nnU-Net's own sampler)")
     args = p.parse_args()
     import torch
 
@@ -113,6 +119,8 @@ def main() -> None:
                 self.num_val_iterations_per_epoch = 5
                 if args.lr is not None or args.optimizer == "adamw":
                     self.initial_lr = args.lr if args.lr is not None else 3e-3
+                if args.oversample_foreground is not None:
+                    self.oversample_foreground_percent = args.oversample_foreground
 
             def configure_optimizers(self):
                 if args.optimizer == "sgd":
@@ -140,8 +148,13 @@ def main() -> None:
                 self.lr_scheduler.max_steps = planned
                 self.print_to_log_file(f"time budget: schedule sized to {planned} epochs")
 
-        if args.optimizer == "adamw":  # its own results folder (nnU-Net names it after the trainer class)
-            nnUNetTrainerShort.__name__ = nnUNetTrainerShort.__qualname__ = "nnUNetTrainerShortAdamW"
+        trainer_name = "nnUNetTrainerShort" + ("AdamW" if args.optimizer == "adamw" else "")
+        if args.oversample_foreground is not None:
+            trainer_name += f"_fg{round(100 * args.oversample_foreground)}"
+        if args.patch_size:
+            trainer_name += "_p" + "x".join(map(str, args.patch_size))
+        # its own results folder (nnU-Net names it after the trainer class)
+        nnUNetTrainerShort.__name__ = nnUNetTrainerShort.__qualname__ = trainer_name
         plans = json.loads((preprocessed_root() / name / "autoorganPlans.json").read_text())
         ds = json.loads((preprocessed_root() / name / "dataset.json").read_text())
         ds.pop("annotated_labels", None)  # nnU-Net does not know it: unannotated organs are background
@@ -157,6 +170,8 @@ def main() -> None:
         cfg["data_identifier"] = view.name
         # the section names our network; nnU-Net builds its own U-Net from the same stages, widths and kernels
         cfg["architecture"]["network_class_name"] = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+        if args.patch_size:
+            cfg["patch_size"] = list(args.patch_size)
         plans["continue_training"] = False  # nnunetv2 2.8 reads this from the plans (its run_training sets it)
         trainer = nnUNetTrainerShort(plans, args.configuration, args.fold, ds, device=torch.device(args.device))
         trainer.num_workers = int(os.environ.get("nnUNet_n_proc_DA", "1"))
