@@ -804,18 +804,20 @@ def test_masked_sigmoid_trains_the_plans_recipe_and_options_override_it(env, cap
     folder = env["results"] / DATASET / "MaskedSigmoidTrainer__autoorganPlans__ccq"
     saved = json.loads((folder / "plans.json").read_text())["configurations"]["ccq"]
     assert saved["patch_size"] == recipe["patch_size"] and (folder / "fold_0" / "checkpoint_final.pth").is_file()
-    # the recipe's post-processing is the model's default: each organ one component; --no_keep_largest_component
-    # keeps every island
+    # the recipe's post-processing is the model's default: each organ one component, the one where the training
+    # cases have it (their locations are in the model folder's plans); --components all keeps every island
+    organs = {str(v) for k, v in json.loads((folder / "dataset.json").read_text())["labels"].items() if v}
+    assert saved["components"] == "located" and set(saved["organ_locations"]) == organs   # the phantom's 7
     from scipy import ndimage
     inputs = _inputs(env["results"].parent / "klc_in", 1)
-    for flag, keep in (((), True), (("--no_keep_largest_component",), False)):
-        out = env["results"].parent / f"klc_out_{keep}"
+    for flag, rule in (((), "located"), (("--components", "all"), "all")):
+        out = env["results"].parent / f"components_{rule}"
         code, err = predict_from(capsys, folder, inputs, out, "-f", "0", "-chk", "final", *flag)
         assert code == 0, err
-        assert json.loads((out / "prediction_info.json").read_text())["keep_largest_component"] is keep
+        assert json.loads((out / "prediction_info.json").read_text())["components"] == rule
         seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "good0.nii.gz")))
         parts = [ndimage.label(seg == v)[1] for v in np.unique(seg) if v]
-        assert parts and (max(parts) == 1) == keep, parts
+        assert parts and (max(parts) == 1) == (rule == "located"), parts
 
     def trainer(**extra):
         return MaskedSigmoidTrainer(DATASET, 0, TrainOptions(extra=extra), "cpu")

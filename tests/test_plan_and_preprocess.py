@@ -60,9 +60,9 @@ def test_plans_hold_both_configurations_with_reasons(planned):
     assert np.all(patch % strides == 0) and np.all(patch <= planned_patch)
     assert np.all((patch >= need) | (patch == planned_patch)) and np.all((patch - strides < need) | (patch == strides))
     assert np.any(patch < planned_patch), (patch, planned_patch)
-    assert ms["oversample_foreground"] == 1 and ms["deep_supervision"] is True and ms["keep_largest_component"]
-    assert all(ms["_why"][k] for k in ("patch_size", "oversample_foreground", "deep_supervision",
-                                       "keep_largest_component"))
+    assert ms["oversample_foreground"] == 1 and ms["deep_supervision"] is True
+    assert ms["components"] == "located"
+    assert all(ms["_why"][k] for k in ("patch_size", "oversample_foreground", "deep_supervision", "components"))
 
 
 def test_preprocessed_boxes_match_preprocessed_label_maps(planned):
@@ -119,7 +119,7 @@ def test_larger_gpu_budget_gives_a_larger_input(planned, roots):
     ccq = json.loads((pre / "autoorganPlans.json").read_text())["configurations"]["ccq"]
     assert ccq["masked_sigmoid"]["patch_size"] == ccq["patch_size"]
     assert "oversample_foreground" not in ccq["masked_sigmoid"] and ccq["masked_sigmoid"]["deep_supervision"]
-    assert ccq["masked_sigmoid"]["keep_largest_component"] is False
+    assert ccq["masked_sigmoid"]["components"] == "all"
 
 
 def test_input_shape_is_coarsened_to_fit_the_budget():

@@ -538,7 +538,7 @@ def test_a_bad_case_does_not_stop_the_others(model_roots, tmp_path):
     (("-d", "900", "-chk", "best"), "no checkpoint_best.pth"),
     (("-d", "900", "-tr", "NoSuchTrainer"), "no trained organdetr model"),
     (("-d", "900", "-c", "ccq"), "no trained ccq model"),
-    (("-d", "900", "--keep_largest_component"), "is for label maps"),
+    (("-d", "900", "--components", "largest"), "is for label maps"),
     (("-d", "900", "--refine_with_masks", "/nonexistent/masks"), "is not a folder"),
 ])
 def test_bad_arguments_give_one_line_errors(model_roots, tmp_path, args, message, capsys, monkeypatch):

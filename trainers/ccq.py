@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from autoorgan.dataset.raw import annotated_labels, foreground_labels
+from autoorgan.inference.mask_boxes import organ_locations
 from autoorgan.losses.partial_sigmoid import deep_supervised, partial_dice_bce
 from autoorgan.trainers.base import TrainerBase
 from autoorgan.training.patches import (
@@ -22,6 +23,7 @@ from autoorgan.training.patches import (
     collate_patches,
 )
 from autoorgan.utils.errors import UserError
+from autoorgan.utils.fileio import load_json
 
 
 class CCQTrainer(TrainerBase):
@@ -46,11 +48,23 @@ class CCQTrainer(TrainerBase):
         section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
         if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
             section["patch_size"] = self.checked_patch_size(self.recipe["patch_size"])   # the same window
-        section["keep_largest_component"] = self.keep_largest_component()
+        section.pop("keep_largest_component", None)
+        section["components"] = self.components()
+        section["organ_locations"] = self.organ_locations()
 
-    def keep_largest_component(self) -> bool:
-        """Whether prediction keeps each organ's largest component by default (ccq, dodnet: no)."""
-        return False
+    def components(self) -> str:
+        """Which components of each organ prediction keeps by default (``--components``; ccq, dodnet: all)."""
+        return "all"
+
+    def organ_locations(self) -> dict:
+        """Where each organ lies relative to the body in this fold's training cases (the fingerprint's organ and
+        body boxes, raw array frame, mm), for ``--components located``; {} without a fingerprint."""
+        path = self.pre_folder / "dataset_fingerprint.json"
+        if not path.is_file():
+            return {}
+        cases = load_json(path).get("autoorgan", {}).get("cases", {})
+        return organ_locations([(cases[c]["boxes"], cases[c]["body_bbox"], cases[c]["spacing"])
+                                for c in self.train_ids if c in cases], self.label_values)
 
     def default_recipe(self) -> dict:
         """What the command line's ``--patch_size``, ``--oversample_foreground`` and ``--(no_)deep_supervision``
@@ -140,6 +154,7 @@ class MaskedSigmoidTrainer(CCQTrainer):
         return {k: ([int(x) for x in planned[k]] if k == "patch_size" else planned[k]) if k in planned else v
                 for k, v in base.items()}
 
-    def keep_largest_component(self) -> bool:
-        """The plans' recipe says (CPU plan: yes, every training patch was on an organ)."""
-        return bool(self.cfg.get("masked_sigmoid", {}).get("keep_largest_component", False))
+    def components(self) -> str:
+        """The plans' recipe says (CPU plan: located; plans from before 'components' had a bool)."""
+        planned = self.cfg.get("masked_sigmoid", {})
+        return str(planned.get("components", "largest" if planned.get("keep_largest_component") else "all"))

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from autoorgan.inference.mask_boxes import COMPONENT_RULES
 from autoorgan.utils.errors import OneLineArgumentParser, UserError, cli_entry
 
 INTERRUPTED = "finished cases are kept: rerun the same command with --continue_prediction to do the rest"
@@ -52,13 +53,12 @@ def _parser(description: str) -> argparse.ArgumentParser:
                         "of the same scan (from autoorgan_predict -c dodnet|masked_sigmoid|ccq or nnUNetv2_predict): "
                         "the organ's largest component near the coarse box becomes its box where both agree "
                         "(docs/prediction.md)")
-    klc = p.add_mutually_exclusive_group()
-    klc.add_argument("--keep_largest_component", action="store_true",
-                     help="label maps (ccq, dodnet, masked_sigmoid) only: keep each organ's largest connected "
-                          "component and drop its islands (nnU-Net's post-processing; an organ is one piece). "
-                          "Default: what the model was trained for (masked_sigmoid on a CPU plan: on)")
-    klc.add_argument("--no_keep_largest_component", action="store_true",
-                     help="label maps only: keep every component, also where the model's default is to drop them")
+    p.add_argument("--components", choices=COMPONENT_RULES, default=None,
+                   help="label maps (ccq, dodnet, masked_sigmoid) only: which connected components of each organ to "
+                        "keep. all: every one; largest: the largest (nnU-Net's post-processing); located: the one "
+                        "nearest where the organ lies in the training cases (relative to the body; tells left from "
+                        "right parotid), among those at least 10 %% of the largest. Default: what the model was "
+                        "trained for (masked_sigmoid on a CPU plan: located; otherwise all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -74,11 +74,10 @@ def _run(args, model_folder) -> None:
             raise UserError(f"--refine_with_masks {args.refine_with_masks} is not a folder (it holds one label map "
                             "CASE<file_ending> per scan)")
         predictor.refine_masks = Path(args.refine_with_masks)
-    if args.keep_largest_component or args.no_keep_largest_component:
-        flag = "--keep_largest_component" if args.keep_largest_component else "--no_keep_largest_component"
+    if args.components is not None:
         if predictor.output != "masks":
-            raise UserError(f"{flag} is for label maps: use it with ccq, dodnet or masked_sigmoid")
-        predictor.keep_largest = bool(args.keep_largest_component)
+            raise UserError("--components is for label maps: use it with ccq, dodnet or masked_sigmoid")
+        predictor.components = args.components
     if args.tta and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)

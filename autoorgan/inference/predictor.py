@@ -108,7 +108,6 @@ class Predictor:
         self.output_types: tuple[str, ...] = ("nifti",)  # of autoorgan.inference.dicom_out.OUTPUT_TYPES
         self.backend = "torch"
         self.refine_masks: Path | None = None  # boxes: folder of label maps of the same scans (--refine_with_masks)
-        self.keep_largest = False  # label maps: each organ reduced to its largest component (--keep_largest_component)
 
     @property
     def reader(self) -> Any:
@@ -328,6 +327,14 @@ class Segmentation:
     organs: Organs
 
 
+def raw_body_box(bbox_used_for_cropping: Sequence[Sequence[int]], transpose_backward: Sequence[int]) -> list[int]:
+    """The body box (preprocessing's crop, ``[[lo, hi]] x 3`` in the transposed array frame) as ``[lo0, lo1, lo2,
+    hi0, hi1, hi2]`` voxels in the raw image's array frame (axis ``j`` of the raw array is axis
+    ``transpose_backward[j]`` of the transposed one)."""
+    return [int(bbox_used_for_cropping[b][0]) for b in transpose_backward] + \
+        [int(bbox_used_for_cropping[b][1]) for b in transpose_backward]
+
+
 class SegmentationPredictor(Predictor):
     """Label maps (``CASE<file_ending>`` on the input image's grid) from ccq or dodnet networks: sliding window over
     the preprocessed scan, per-class probabilities averaged over networks, classes combined (highest probability
@@ -343,8 +350,14 @@ class SegmentationPredictor(Predictor):
             raise UserError("test-time mirroring is for boxes (organdetr) only")
         self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
         self.patch_size = [int(p) for p in self.cfg["patch_size"]]
-        # the trainer's choice (model folder plans; masked_sigmoid's CPU recipe: yes); the command line overrides it
-        self.keep_largest = bool(self.cfg.get("keep_largest_component", False))
+        # the trainer's choice (model folder plans; masked_sigmoid's CPU recipe: located); --components overrides it
+        self.components = str(self.cfg.get("components", "largest" if self.cfg.get("keep_largest_component")
+                                           else "all"))   # model folders from before 'components' had a bool
+        self.organ_locations = dict(self.cfg.get("organ_locations", {}))
+        from autoorgan.inference.mask_boxes import COMPONENT_RULES
+        if self.components not in COMPONENT_RULES:
+            raise UserError(f"the model's plans ask for components {self.components!r}, which this version does not "
+                            f"know ({', '.join(COMPONENT_RULES)}); predict with --components RULE or retrain")
 
     @property
     def done_suffix(self) -> str:
@@ -355,7 +368,7 @@ class SegmentationPredictor(Predictor):
     def predict_preprocessed(self, data: np.ndarray, props: dict) -> tuple[Segmentation, Geometry | None]:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores, keep_largest_components
+        from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores, reduce_components
         from autoorgan.inference.segment import combine_classes
         from autoorgan.inference.sliding import sliding_window_probs
         with eval_mode(self.networks):
@@ -368,9 +381,12 @@ class SegmentationPredictor(Predictor):
         back = np.asarray(resample(labels, crop_shape, self.cfg["spacing"], spacing))[0]
         full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
         full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
-        full = full.transpose(self.plans["transpose_backward"])
-        if self.keep_largest:
-            full = keep_largest_components(full, self.label_values)
+        backward = self.plans["transpose_backward"]
+        full = full.transpose(backward)
+        if self.components != "all":   # in the raw image's array frame, where the trainer measured the locations
+            full = reduce_components(full, self.label_values, self.components,
+                                     raw_body_box(props["bbox_used_for_cropping"], backward), props["spacing"],
+                                     self.organ_locations)
         scores = component_scores(labels[0], probs, self.label_values)
         organs = {lab: (np.asarray(box, np.float64), scores.get(lab, 0.0))
                   for lab, box in boxes_from_label_map(full, self.label_values).items()}
@@ -506,7 +522,7 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
                     "output_types": list(output_types),
                     "refine_with_masks": str(predictor.refine_masks) if predictor.refine_masks else None,
-                    "keep_largest_component": predictor.keep_largest,
+                    "components": getattr(predictor, "components", None),
                     "done": len(result.done) + len(result.skipped), "configuration": predictor.section,
                     "box_convention": "docs/conventions.md; CASE_boxes.json box_voxel is in the input image's array "
                                       "order"}
