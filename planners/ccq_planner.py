@@ -129,7 +129,7 @@ class CCQPlanner(AutoOrganPlannerBase):
                     "components": "prediction keeps one component per organ, the one nearest where the organ "
                                   "lies in the training cases: a model that never saw a patch without organs leaves "
                                   "islands far from them, and an organ-sized patch cannot tell left from right "
-                                  "(OpenKBP, 60 min: mean Dice 0.552 as predicted, 0.648 largest component, 0.703 "
-                                  "located; HD95 133 / 24 / 10 mm; autoorgan_predict --components all|largest)",
+                                  "(OpenKBP, 30 min: mean Dice 0.489 as predicted, 0.578 largest component, 0.694 "
+                                  "located; HD95 149 / 42 / 10 mm; autoorgan_predict --components all|largest)",
                     "deep_supervision": "nnU-Net's deep supervision; without it the thinnest organs (OpenKBP "
                                         "Esophagus, Larynx) were not learned in 30 CPU minutes (docs/ccq.md)"}}
