@@ -117,6 +117,9 @@ def reduce_components(label_map: np.ndarray, labels: Sequence[int], rule: str = 
         return label_map.copy()
     if rule == "located" and (body_box is None or spacing is None or locations is None):
         raise ValueError("rule 'located' needs body_box, spacing and locations")
+    if rule == "located":
+        body = np.asarray(body_box, np.float64)
+        body_centre, mm = (body[:3] + body[3:]) / 2, np.asarray(spacing, np.float64)
     out = np.zeros_like(label_map)
     objects = ndimage.find_objects(label_map.astype(np.int32, copy=False)) if label_map.size else []
     for lab in labels:
@@ -133,16 +136,14 @@ def reduce_components(label_map: np.ndarray, labels: Sequence[int], rule: str = 
         keep = int(np.argmax(sizes))
         loc = (locations or {}).get(str(lab)) if rule == "located" else None
         if loc is not None:
-            body = np.asarray(body_box, np.float64)
             lo = np.array([s.start for s in region], np.float64)
             candidates = [k for k in range(1, n + 1) if sizes[k] >= LOCATED_MIN_FRACTION * sizes[keep]]
             slices = ndimage.find_objects(labelled)
             dist = []
             for k in candidates:
                 centre = lo + np.array([(s.start + s.stop) / 2 for s in slices[k - 1]])
-                offset = (centre - (body[:3] + body[3:]) / 2) * np.asarray(spacing, np.float64)
-                dist.append(float(np.linalg.norm((offset - np.asarray(loc["offset_mm"])) /
-                                                 np.asarray(loc["spread_mm"]))))
+                offset_mm = (centre - body_centre) * mm
+                dist.append(float(np.linalg.norm((offset_mm - loc["offset_mm"]) / np.asarray(loc["spread_mm"]))))
             keep = candidates[int(np.argmin(dist))]
         out[region][labelled == keep] = lab
     return out
