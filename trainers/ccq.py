@@ -44,7 +44,7 @@ class CCQTrainer(TrainerBase):
         default = self.default_recipe()
         for k in [k for k, v in default.items() if self.opt.extra.get(k, not v) == v]:
             del self.opt.extra[k]   # an option equal to the recipe is no option (--c with or without it is the same)
-        self.recipe = {k: self.opt.extra.get(k, v) for k, v in default.items()}
+        self.recipe = self.run_recipe()
         section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
         if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
             section["patch_size"] = self.checked_patch_size(self.recipe["patch_size"])   # the same window
@@ -90,10 +90,13 @@ class CCQTrainer(TrainerBase):
                            self.opt.seed, num_samples, tuple(self.cfg.get("mirror_axes", ())),
                            float(self.recipe["oversample_foreground"]))
 
+    def run_recipe(self) -> dict:
+        """The recipe this run trains: the configuration's, with the command line's options over it."""
+        return {k: self.opt.extra.get(k, v) for k, v in self.default_recipe().items()}
+
     def default_trainer_name(self) -> str:
         """The class name, plus a suffix per option that departs from the configuration's recipe (its own folder)."""
-        default = self.default_recipe()
-        recipe = {k: self.opt.extra.get(k, v) for k, v in default.items()}
+        default, recipe = self.default_recipe(), self.run_recipe()
         name = type(self).__name__
         if recipe["oversample_foreground"] != default["oversample_foreground"]:
             name += f"_fg{round(100 * recipe['oversample_foreground'])}"
