@@ -233,3 +233,30 @@ def test_masked_sigmoid_deep_supervision_ignores_unannotated_classes_at_every_st
     with torch.no_grad():
         single, _ = deep_supervised(partial_dice_bce, [net(x)], targets, annotated)
         assert float(single) == pytest.approx(float(partial_dice_bce(net(x), targets, annotated)[0]))
+
+
+@pytest.mark.parametrize("name", ["ccq", "dodnet", "masked_sigmoid"])
+def test_channels_last_layout_gives_the_same_outputs_and_gradients(name):
+    """Training and the sliding window run these networks channels-last (``conv_memory_format``): outputs and
+    gradients must equal the default layout's."""
+    from autoorgan.utils.device import conv_memory_format
+    layout = conv_memory_format(torch.device("cpu"))
+    assert layout == torch.channels_last_3d
+    torch.manual_seed(0)
+    net = _net(name, 3)
+    twin = _net(name, 3)
+    twin.load_state_dict(net.state_dict())
+    twin.to(memory_format=layout)
+    assert any(p.dim() == 5 and p.is_contiguous(memory_format=layout) and not p.is_contiguous()
+               for p in twin.parameters())
+    x = torch.randn(2, 1, *PATCH)
+    classes = torch.tensor([[2, 0], [1, 2]])
+    out, out_cl = net(x, classes), twin(x.to(memory_format=layout), classes)
+    assert torch.allclose(out, out_cl, atol=1e-4)
+    out.square().mean().backward()
+    out_cl.square().mean().backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    scale = max(float(g.abs().max()) for g in grads.values())
+    for n, p in twin.named_parameters():   # summation order differs between layouts: equal to 1 % of the largest
+        if p.grad is not None:             # gradient (conv biases before instance norm get only rounding noise)
+            assert torch.allclose(p.grad, grads[n], rtol=1e-2, atol=1e-2 * scale), n

@@ -358,6 +358,8 @@ def test_training_options_out_of_range(args, needle, env, capsys):
     ("organdetr", ("--oversample_foreground", "1"), "is for the patch-based segmentation"),
     ("dodnet", ("--deep_supervision",), "is for masked_sigmoid"),
     ("ccq", ("--no_deep_supervision",), "is for masked_sigmoid"),
+    ("dodnet", ("--classes_per_patch", "3"), "is for ccq"),
+    ("ccq", ("--classes_per_patch", "0"), "--classes_per_patch"),
 ])
 def test_segmentation_training_options_that_cannot_apply(config, args, needle, env, capsys):
     code, err = run_main(capsys, train_main(), "900", config, "0", "-device", "cpu", *SHORT, *args)
@@ -830,3 +832,23 @@ def test_masked_sigmoid_trains_the_plans_recipe_and_options_override_it(env, cap
     t = trainer(patch_size=patch, oversample_foreground=0.5, deep_supervision=False)
     assert t.trainer_name == f"MaskedSigmoidTrainer_fg50_p{'x'.join(map(str, patch))}_nods"
     assert t.make_training_stream(4).oversample == 0.5 and t.plans["configurations"]["ccq"]["patch_size"] == patch
+
+
+def test_ccq_classes_per_patch_comes_from_the_plans_and_the_option_names_its_folder(env):
+    """ccq decodes the plans' ``train_classes_per_patch`` classes per training patch; ``--classes_per_patch K``
+    overrides it in its own results folder (``CCQTrainer_kK``), the planned value is no option at all."""
+    from autoorgan.trainers.ccq import CCQTrainer, DoDNetTrainer
+    from autoorgan.training.options import TrainOptions
+    planned = json.loads((env["preprocessed"] / DATASET / "autoorganPlans.json").read_text()
+                         )["configurations"]["ccq"]["ccq"]["train_classes_per_patch"]
+
+    def trainer(cls=CCQTrainer, **extra):
+        return cls(DATASET, 0, TrainOptions(extra=extra), "cpu")
+    t = trainer()
+    assert (t.classes_per_patch, t.trainer_name) == (planned, "CCQTrainer")
+    t = trainer(classes_per_patch=planned)
+    assert (t.trainer_name, t.opt.extra) == ("CCQTrainer", {})
+    t = trainer(classes_per_patch=planned + 1)
+    assert (t.classes_per_patch, t.trainer_name) == (planned + 1, f"CCQTrainer_k{planned + 1}")
+    assert trainer(classes_per_patch=99).classes_per_patch == len(t.label_values)   # at most every organ
+    assert trainer(DoDNetTrainer).classes_per_patch is None   # every annotated class of every patch

@@ -49,6 +49,7 @@ class TrainerBase:
     lr_schedule: str = "cosine"     # or "poly"
     default_grad_clip: float = 0.1  # gradient norm clip (DETR: 0.1; nnU-Net: 12)
     default_lr: float = 2e-4        # AdamW learning rate without --lr (DETR's 1e-4 scaled for batch 2-4)
+    memory_format: torch.memory_format | None = None  # the network's layout (None: PyTorch's default)
 
     def __init__(self, dataset_name: str, fold: int | str, options: TrainOptions, device: str = "cpu",
                  trainer_name: str | None = None, plans_name: str = PLANS_NAME):
@@ -146,6 +147,8 @@ class TrainerBase:
             torch.distributed.init_process_group(backend)
         seed_everything(self.opt.seed)
         net = self.build_network().to(self.device)
+        if self.memory_format is not None:
+            net = net.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
         n_it = self.opt.iters_per_epoch  # the schedule follows planned_epochs (a time budget re-plans it)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(

@@ -22,6 +22,7 @@ from autoorgan.training.patches import (
     choose_classes,
     collate_patches,
 )
+from autoorgan.utils.device import conv_memory_format
 from autoorgan.utils.errors import UserError
 from autoorgan.utils.fileio import load_json
 
@@ -36,15 +37,15 @@ class CCQTrainer(TrainerBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.memory_format = conv_memory_format(self.device)
         self.label_values = sorted(foreground_labels(self.dataset_json).values())
-        k = self.cfg.get("ccq", {}).get("train_classes_per_patch")
-        self.classes_per_patch = None if (self.all_classes_in_training or k is None) else \
-            max(1, min(int(k), len(self.label_values)))
         self.annotated = {ident: set(annotated_labels(self.dataset_json, ident)) for ident in self.train_ids}
         default = self.default_recipe()
         for k in [k for k, v in default.items() if self.opt.extra.get(k, not v) == v]:
             del self.opt.extra[k]   # an option equal to the recipe is no option (--c with or without it is the same)
         self.recipe = self.run_recipe()
+        k = self.recipe.get("classes_per_patch")
+        self.classes_per_patch = None if k is None else max(1, min(int(k), len(self.label_values)))
         section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
         if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
             section["patch_size"] = self.checked_patch_size(self.recipe["patch_size"])   # the same window
@@ -67,10 +68,16 @@ class CCQTrainer(TrainerBase):
                                 for c in self.train_ids if c in cases], self.label_values)
 
     def default_recipe(self) -> dict:
-        """What the command line's ``--patch_size``, ``--oversample_foreground`` and ``--(no_)deep_supervision``
-        override: ccq and dodnet train the planned patch with nnU-Net's 33 % organ-centred patches."""
-        return {"patch_size": [int(v) for v in self.cfg["patch_size"]],
-                "oversample_foreground": OVERSAMPLE_FOREGROUND, "deep_supervision": False}
+        """What the command line's ``--patch_size``, ``--oversample_foreground``, ``--(no_)deep_supervision`` and
+        ``--classes_per_patch`` override: ccq and dodnet train the planned patch with nnU-Net's 33 % organ-centred
+        patches; ccq decodes the plans' ``ccq.train_classes_per_patch`` classes per patch (dodnet and masked_sigmoid
+        all of them: no such entry)."""
+        recipe = {"patch_size": [int(v) for v in self.cfg["patch_size"]],
+                  "oversample_foreground": OVERSAMPLE_FOREGROUND, "deep_supervision": False}
+        planned_k = self.cfg.get("ccq", {}).get("train_classes_per_patch")
+        if not self.all_classes_in_training and planned_k is not None:
+            recipe["classes_per_patch"] = int(planned_k)
+        return recipe
 
     def checked_patch_size(self, patch: list[int]) -> list[int]:
         """``--patch_size``: three sizes, each a multiple of the network's total stride on its axis."""
@@ -104,12 +111,14 @@ class CCQTrainer(TrainerBase):
             name += f"_p{'x'.join(str(int(v)) for v in recipe['patch_size'])}"
         if recipe["deep_supervision"] != default["deep_supervision"]:
             name += "_ds" if recipe["deep_supervision"] else "_nods"
+        if recipe.get("classes_per_patch") != default.get("classes_per_patch"):
+            name += f"_k{recipe['classes_per_patch']}"
         return name
 
     collate_fn = staticmethod(collate_patches)
 
     def compute_loss(self, batch):
-        image = batch["image"].to(self.device, non_blocking=True)
+        image = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         seg = batch["seg"].to(self.device)
         if self.classes_per_patch is None:
             targets = binary_targets(seg, self.label_values)

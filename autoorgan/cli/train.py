@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ccq, dodnet, masked_sigmoid: training and prediction patch (preprocessed axis order; "
                         "multiples of the network's total strides) instead of the planned one (masked_sigmoid: its "
                         "recipe's, organ-sized on a CPU plan); results in <Trainer>_pP0xP1xP2")
+    p.add_argument("--classes_per_patch", type=int, default=None, metavar="K",
+                   help="ccq: classes decoded per training patch (one present in it, the others at random among the "
+                        "case's annotated classes; default: the plans' ccq.train_classes_per_patch, 2); K = the "
+                        "number of organs trains all of them, as dodnet does; results in CCQTrainer_kK")
     ds = p.add_mutually_exclusive_group()
     ds.add_argument("--deep_supervision", action="store_true",
                     help="masked_sigmoid: the loss also on every lower decoder stage (nnU-Net's deep supervision; "
@@ -95,7 +99,9 @@ def check_options(args: argparse.Namespace) -> None:
              ("-num_workers", args.num_workers, args.num_workers is None or args.num_workers >= 0, "0 or more"),
              ("--seed", args.seed, args.seed >= 0, "0 or more"),
              ("--oversample_foreground", args.oversample_foreground,
-              args.oversample_foreground is None or 0 <= args.oversample_foreground <= 1, "in [0, 1]")]
+              args.oversample_foreground is None or 0 <= args.oversample_foreground <= 1, "in [0, 1]"),
+             ("--classes_per_patch", args.classes_per_patch,
+              args.classes_per_patch is None or args.classes_per_patch >= 1, "at least 1")]
     for name, value, ok, allowed in rules:
         if not ok:
             raise UserError(f"{name} {value} is not allowed: it must be {allowed}")
@@ -136,6 +142,11 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError(f"{flag} is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no per-stage "
                             "outputs")
         extra["deep_supervision"] = bool(args.deep_supervision)
+    if args.classes_per_patch is not None:
+        if entry.name != "ccq":
+            raise UserError("--classes_per_patch is for ccq (dodnet and masked_sigmoid train every annotated class "
+                            "of each patch)")
+        extra["classes_per_patch"] = int(args.classes_per_patch)
     workers = args.num_workers if args.num_workers is not None else (2 if (os.cpu_count() or 1) > 1 else 0)
     opt = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_every=args.val_every,
                        lr=args.lr, warmup_iters=args.warmup_iters, batch_size=args.batch_size, seed=args.seed,

@@ -41,7 +41,7 @@ from autoorgan.inference.inputs import CaseError, InputCase, find_input_cases, r
 from autoorgan.inference.outputs import box_label_map, save_png, slicer_markups, write_image_atomic
 from autoorgan.planning.plans import get_configuration, read_plans
 from autoorgan.utils.checkpoints import load_checkpoint, load_network_state
-from autoorgan.utils.device import select_device
+from autoorgan.utils.device import conv_memory_format, select_device
 from autoorgan.utils.errors import UserError
 from autoorgan.utils.fileio import write_json_atomic
 
@@ -349,6 +349,8 @@ class SegmentationPredictor(Predictor):
         if self.mirror_axes:
             raise UserError("test-time mirroring is for boxes (organdetr) only")
         self.threshold = float(self.cfg.get("ccq", {}).get("combine_threshold", 0.5))
+        for net in self.networks:  # the layout of the sliding window's tiles (in place; a no-op when it is already)
+            net.to(memory_format=conv_memory_format(self.device))
         self.patch_size = [int(p) for p in self.cfg["patch_size"]]
         # the trainer's choice (model folder plans; masked_sigmoid's CPU recipe: located); --components overrides it
         self.components = str(self.cfg.get("components", "largest" if self.cfg.get("keep_largest_component")

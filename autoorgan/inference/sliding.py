@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from autoorgan.utils.device import conv_memory_format
+
 
 @torch.no_grad()
 def sliding_window_probs(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int],
@@ -31,11 +33,12 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray | torch.Tenso
                              device=acc_dev)
     steps = compute_steps_for_sliding_window(shape, list(patch_size), step_size)
     cls = classes.to(device) if classes is not None else None
+    layout = conv_memory_format(device)
     for s0 in steps[0]:
         for s1 in steps[1]:
             for s2 in steps[2]:
                 sl = (slice(s0, s0 + patch_size[0]), slice(s1, s1 + patch_size[1]), slice(s2, s2 + patch_size[2]))
-                tile = x[(slice(None), *sl)][None].to(device)
+                tile = x[(slice(None), *sl)][None].to(device, memory_format=layout)
                 prob = torch.sigmoid(model(tile, cls)[0].float()).to(acc_dev)
                 acc[(slice(None), *sl)] += prob * gauss
                 weight[sl] += gauss
