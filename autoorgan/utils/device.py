@@ -27,7 +27,7 @@ def select_device(name: str | None = None) -> torch.device:
 
 def conv_memory_format(device: torch.device) -> torch.memory_format:
     """The layout of the 3D convolutional segmentation networks (ccq, dodnet, masked_sigmoid) and their inputs on
-    ``device``: channels-last (``[B, C, D, H, W]`` stored as NDHWC) on the CPU and CUDA, where oneDNN and cuDNN
-    convolve it without reordering (OpenKBP masked_sigmoid training step, batch 2 of 48x48x32, one CPU thread:
-    0.47 -> 0.35-0.39 s; bench/seg_step.py); the default layout elsewhere (MPS)."""
+    ``device``: channels-last (``[B, C, D, H, W]`` stored as NDHWC) on the CPU and CUDA, measured faster on the CPU
+    (OpenKBP masked_sigmoid training step, batch 2 of 48x48x32, one CPU thread: 0.47 -> 0.35-0.39 s;
+    bench/seg_step.py); the default layout elsewhere (MPS)."""
     return torch.channels_last_3d if device.type in ("cpu", "cuda") else torch.contiguous_format
