@@ -14,7 +14,8 @@ time counts against the budget; the trainer validates through the same predictor
 writes the metric against minutes to ``curve_<tag>.json`` / ``.png``. ``--refine_with_masks FOLDER`` (box
 configurations): the validation cases are also predicted with ``autoorgan_predict --refine_with_masks FOLDER`` (label
 maps of the same cases, e.g. another run's ``val_predictions_fold0`` or nnU-Net's ``fold_0/validation``) and scored;
-both results are printed and stored (``refined``).
+both results are printed and stored (``refined``). ``--tta`` (label-map configurations): the validation cases are
+also predicted with ``autoorgan_predict --tta`` (the left-right mirrored pass added) and scored (``tta``).
 
 Threads: ``--threads`` sets OMP_NUM_THREADS of the training and prediction processes. Run benchmarks alone on the
 machine, or two at a time with ``--threads 1`` each, and say which.
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters_per_epoch", type=int, default=50)
     p.add_argument("--refine_with_masks", default=None, metavar="FOLDER",
                    help="box configurations: also predict with autoorgan_predict --refine_with_masks FOLDER and score")
+    p.add_argument("--tta", action="store_true",
+                   help="label-map configurations: also predict with autoorgan_predict --tta and score")
     args = p.parse_args(argv)
 
     from autoorgan.configurations import get_configuration
@@ -134,10 +137,23 @@ def main(argv: list[str] | None = None) -> None:
         refined = {"masks": str(Path(args.refine_with_masks).resolve()),
                    "metrics": json.loads((out_r / "summary.json").read_text())}
 
+    tta = None
+    if args.tta:
+        out_t = folder / f"val_predictions_fold{args.fold}_tta"
+        t = time.time()
+        _run([_bin("autoorgan_predict"), "-i", str(inputs), "-o", str(out_t), "-d", args.d, "-c", args.c, "-tr", tag,
+              "-f", args.fold, "-device", "cpu", "--quiet", "--continue_prediction", "--tta"], env,
+             "prediction with --tta")
+        tta_s = time.time() - t
+        _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out_t), "-d", args.d, "--quiet"], env,
+             "evaluation (--tta)")
+        tta = {"prediction_seconds": round(tta_s, 1), "metrics": json.loads((out_t / "summary.json").read_text())}
+
     result = {"configuration": args.c, "dataset": name, "fold": args.fold, "minutes_budget": args.minutes,
               "threads": args.threads, "iterations": iters, "training_minutes": round(train_s / 60, 2),
               "seconds_per_iteration": round(train_s / max(iters, 1), 3), "prediction_seconds": round(predict_s, 1),
-              "num_val_cases": len(val or cases), "extra_train_args": extra, "metrics": summary, "refined": refined}
+              "num_val_cases": len(val or cases), "extra_train_args": extra, "metrics": summary, "refined": refined,
+              "tta": tta}
     (folder / f"accuracy_{tag}.json").write_text(json.dumps(result, indent=1))
     print(f"\n{args.c}: {iters} iterations in {train_s / 60:.1f} min ({train_s / max(iters, 1):.2f} s/it), "
           f"{args.threads} thread(s); {len(val or cases)} validation cases predicted in {predict_s:.0f} s")
@@ -159,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"masks: mean Dice {m['mean_Dice']:.3f}  mean HD95 {m['mean_HD95']:.1f} mm")
         for organ, v in m["per_class"].items():
             print(f"  {organ:<16} n {v['num_cases']:>3}  Dice {v['Dice']:.3f}  HD95 {v['HD95']:.1f} mm")
+    if tta is not None and "masks" in tta["metrics"]:
+        m = tta["metrics"]["masks"]
+        print(f"masks with --tta ({tta['prediction_seconds']:.0f} s): mean Dice {m['mean_Dice']:.3f}  mean HD95 "
+              f"{m['mean_HD95']:.1f} mm")
+        print("  " + "  ".join(f"{o} {v['Dice']:.3f}" for o, v in m["per_class"].items()))
     if args.curve and h["val_epoch"]:
         elapsed = [sum(h["epoch_time"][:e]) / 60 for e in h["val_epoch"]]
         curve = {"minutes": elapsed, "metric": h["val_metric"], "metric_name": "mAP" if entry.output == "boxes"

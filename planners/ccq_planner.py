@@ -9,6 +9,7 @@ import numpy as np
 
 from autoorgan.dataset.raw import annotated_labels, annotation_sets, foreground_labels
 from autoorgan.planners.base import AutoOrganPlannerBase
+from autoorgan.planning.laterality import lateral_pairs, plan_lateral_axis
 
 NUM_CLASS_QUERIES = 32  # CCQ paper, N_q
 # CPU plan (-device cpu, or no GPU visible): nnU-Net's planner with narrower stages and a smaller memory budget, so a
@@ -61,6 +62,10 @@ class CCQPlanner(AutoOrganPlannerBase):
                        "combine_threshold": 0.5, "train_classes_per_patch": TRAIN_CLASSES_PER_PATCH,
                        "dynamic_head": True, "bottleneck_skip": True}
         plan["masked_sigmoid"] = self.masked_sigmoid_recipe(plan, on_cpu)
+        pairs = lateral_pairs(foreground_labels(self.dataset_json))
+        plan["lateral_pairs"] = [list(p) for p in pairs]
+        plan["lateral_axis"], lateral_why = plan_lateral_axis(self.autoorgan_fingerprint.get("cases", {}), pairs,
+                                                              self.determine_transpose()[0])
         plan["_why"] = {
             "spacing": "nnU-Net 3d_fullres target spacing (median spacing; 10th percentile on a strongly "
                        "anisotropic axis)",
@@ -76,6 +81,11 @@ class CCQPlanner(AutoOrganPlannerBase):
             "train_classes_per_patch": "CCQ decodes every class separately; training decodes 2 annotated classes "
                                        "per patch (one present in it, one other at random; the paper trains on "
                                        "(image, one task) pairs), inference all of them. DoDNet trains all classes",
+            "lateral_pairs": "left/right organs by their label names (Left*/Right*, *_left/*_right, *_L/*_R): "
+                             "test-time mirroring (autoorgan_predict --tta) flips the scan along the patient's "
+                             "left-right axis and swaps these labels' probabilities, and autoorgan_train "
+                             "--lateral_mirror mirrors training patches so; list other pairs here by hand",
+            "lateral_axis": lateral_why,
             "combine_threshold": "inference: a voxel takes the most probable class if that probability is > 0.5",
             "dynamic_head": "DoDNet's task-conditioned head ends the decoder, as in the CCQ authors' code (CCQ is "
                             "built on DoDNet); false: one static head for all classes (ablation)",

@@ -360,6 +360,7 @@ def test_training_options_out_of_range(args, needle, env, capsys):
     ("ccq", ("--no_deep_supervision",), "is for masked_sigmoid"),
     ("dodnet", ("--classes_per_patch", "3"), "is for ccq"),
     ("ccq", ("--classes_per_patch", "0"), "--classes_per_patch"),
+    ("organdetr", ("--lateral_mirror",), "are for the segmentation configurations"),
 ])
 def test_segmentation_training_options_that_cannot_apply(config, args, needle, env, capsys):
     code, err = run_main(capsys, train_main(), "900", config, "0", "-device", "cpu", *SHORT, *args)
@@ -852,3 +853,31 @@ def test_ccq_classes_per_patch_comes_from_the_plans_and_the_option_names_its_fol
     assert (t.classes_per_patch, t.trainer_name) == (planned + 1, f"CCQTrainer_k{planned + 1}")
     assert trainer(classes_per_patch=99).classes_per_patch == len(t.label_values)   # at most every organ
     assert trainer(DoDNetTrainer).classes_per_patch is None   # every annotated class of every patch
+
+
+def test_lateral_mirror_names_its_folder_and_a_mirrored_patch_annotates_the_partner_organs(env):
+    """``--lateral_mirror`` (results in ``<Trainer>_lm``): a patch mirrored left-right has its case's lateral organs
+    annotated on the other side: a case annotating only the left kidney trains, on a mirrored patch, the right
+    kidney's channel and not the left one's; unmirrored patches are unchanged."""
+    from autoorgan.dataset.phantom import LABELS
+    from autoorgan.trainers.ccq import DoDNetTrainer, MaskedSigmoidTrainer
+    from autoorgan.training.options import TrainOptions
+    assert DoDNetTrainer(DATASET, 0, TrainOptions(extra={"lateral_mirror": True}), "cpu").trainer_name == \
+        "DoDNetTrainer_lm"
+    t = MaskedSigmoidTrainer(DATASET, 0, TrainOptions(extra={"lateral_mirror": False}), "cpu")
+    assert (t.trainer_name, t.opt.extra) == ("MaskedSigmoidTrainer", {})   # the recipe's value is no option
+    t = DoDNetTrainer(DATASET, 0, TrainOptions(extra={"lateral_mirror": True}), "cpu")
+    left, right = LABELS["kidney_left"], LABELS["kidney_right"]
+    assert t.lateral_pairs == [(right, left)]
+    case = t.train_ids[0]
+    t.annotated[case] = {left, LABELS["liver"]}
+    k = len(t.label_values)
+    t.network = lambda image, classes=None: torch.zeros((image.shape[0], k, *image.shape[2:]), requires_grad=True)
+    seen = []
+    t.loss = lambda logits, targets, annotated: seen.append(annotated.tolist()) or logits.sum()
+    batch = {"image": torch.zeros((2, 1, 8, 8, 8)), "seg": torch.zeros((2, 1, 8, 8, 8), dtype=torch.int16),
+             "case_id": [case, case], "index": [0, 1], "forced_class": [-1, -1], "mirrored": [False, True]}
+    t.compute_loss(batch)
+    flags = {name: [row[t.label_values.index(LABELS[name])] for row in seen[0]]
+             for name in ("kidney_left", "kidney_right", "liver")}
+    assert flags == {"kidney_left": [True, False], "kidney_right": [False, True], "liver": [True, True]}

@@ -181,6 +181,44 @@ def test_partial_annotation_survives_preprocessing_and_patch_sampling(roots, par
         assert (np.asarray(item["seg"]) == item["forced_class"]).any(), (g, item["case_id"], item["forced_class"])
     stream = PatchStream(folder, ids, plans, "ccq", ds, seed=3, num_samples=12, oversample_foreground=0.0)
     assert all(stream[g]["forced_class"] == -1 for g in range(len(stream)))
+    # --lateral_mirror: about half the patches mirrored along the patient's left-right axis (found here from the
+    # image's own geometry) with the kidneys swapped; otherwise the very same sample
+    pairs = plans["configurations"]["ccq"]["lateral_pairs"]
+    assert pairs == [[LABELS["kidney_right"], LABELS["kidney_left"]]]
+    assert plans["configurations"]["ccq"]["lateral_axis"] == "direction"   # the phantom's headers are right
+    import SimpleITK as sitk
+
+    def lr_axis(case):   # the sample axis along which world x changes most per voxel; None if 45 degrees off
+        image = sitk.ReadImage(str(roots["raw"] / partial_phantom_template.name / "imagesTr" / f"{case}_0000.nii.gz"))
+        moves = [np.subtract(image.TransformIndexToPhysicalPoint([1 + (m == i) for i in range(3)]),
+                             image.TransformIndexToPhysicalPoint([1, 1, 1])) / image.GetSpacing()[m]
+                 for m in range(3)]   # per ITK axis, unit length
+        m = int(np.argmax([abs(d[0]) for d in moves]))
+        return None if abs(moves[m][0]) < 0.7 else 1 + plans["transpose_forward"].index(2 - m)
+    axes = {case: lr_axis(case) for case in ids}
+    assert len(set(axes.values())) >= 2, axes   # the phantom's directions differ between cases
+    plain = PatchStream(folder, ids, plans, "ccq", ds, seed=5, num_samples=40, oversample_foreground=0.5)
+    mirror = PatchStream(folder, ids, plans, "ccq", ds, seed=5, num_samples=40, oversample_foreground=0.5,
+                         lateral_pairs=pairs)
+    n_mirrored, with_kidney, mirrored_axes = 0, 0, set()
+    for g in range(40):
+        a, b = plain[g], mirror[g]
+        assert not a["mirrored"] and b["case_id"] == a["case_id"]
+        if not b["mirrored"]:
+            np.testing.assert_array_equal(np.asarray(b["image"]), np.asarray(a["image"]))
+            np.testing.assert_array_equal(np.asarray(b["seg"]), np.asarray(a["seg"]))
+            continue
+        n_mirrored += 1
+        axis = axes[a["case_id"]]
+        assert axis is not None
+        mirrored_axes.add(axis)
+        np.testing.assert_array_equal(np.asarray(b["image"]), np.flip(np.asarray(a["image"]), axis))
+        flipped = np.flip(np.asarray(a["seg"]), axis)
+        expected = np.where(flipped == LABELS["kidney_left"], LABELS["kidney_right"],
+                            np.where(flipped == LABELS["kidney_right"], LABELS["kidney_left"], flipped))
+        np.testing.assert_array_equal(np.asarray(b["seg"]), expected)
+        with_kidney += bool(np.isin(flipped, [LABELS["kidney_left"], LABELS["kidney_right"]]).any())
+    assert 0 < n_mirrored < 40 and with_kidney >= 1 and len(mirrored_axes) >= 2, (n_mirrored, mirrored_axes)
 
 
 def test_interrupted_preprocessing_resumes(planned, roots):

@@ -55,6 +55,18 @@ def test_openkbp_subset_partial_annotation(tmp_path, roots):
         names = {v: k for k, v in ds["labels"].items()}
         assert [names[v] for v in fp["autoorgan"]["cases"][c]["annotated"]] == \
             sorted(contoured[c], key=lambda n: ds["labels"][n])
+    # OpenKBP's headers put the parotids apart along world y; the plans mirror left-right along the array axis they
+    # lie apart along (pt_53 contours both), found here from its label map
+    import numpy as np
+    import SimpleITK as sitk
+    plans = json.loads((roots["preprocessed"] / "Dataset501_OpenKBP" / "autoorganPlans.json").read_text())
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(OPENKBP / "labelsTr" / "pt_53.nii.gz")))
+    apart = np.argwhere(seg == ds["labels"]["LeftParotid"]).mean(0) - \
+        np.argwhere(seg == ds["labels"]["RightParotid"]).mean(0)
+    ccq = plans["configurations"]["ccq"]
+    assert ccq["lateral_pairs"] == [[ds["labels"]["RightParotid"], ds["labels"]["LeftParotid"]]]
+    assert ccq["lateral_axis"] == plans["transpose_forward"].index(int(np.argmax(np.abs(apart)))), ccq["_why"]
+    assert "headers put their separation along world x in only 0%" in ccq["_why"]["lateral_axis"]
     # body-mask intensity statistics: fat to bone, not only the contoured organs
     ct = fp["foreground_intensity_properties_per_channel"]["0"]
     assert ct["percentile_00_5"] < -50 and ct["percentile_99_5"] > 300

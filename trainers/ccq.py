@@ -14,6 +14,7 @@ import torch
 from autoorgan.dataset.raw import annotated_labels, foreground_labels
 from autoorgan.inference.mask_boxes import organ_locations
 from autoorgan.losses.partial_sigmoid import deep_supervised, partial_dice_bce
+from autoorgan.planning.laterality import configured_pairs, swap_labels
 from autoorgan.trainers.base import TrainerBase
 from autoorgan.training.patches import (
     OVERSAMPLE_FOREGROUND,
@@ -40,10 +41,15 @@ class CCQTrainer(TrainerBase):
         self.memory_format = conv_memory_format(self.device)
         self.label_values = sorted(foreground_labels(self.dataset_json).values())
         self.annotated = {ident: set(annotated_labels(self.dataset_json, ident)) for ident in self.train_ids}
+        self.lateral_pairs = configured_pairs(self.cfg, foreground_labels(self.dataset_json))
         default = self.default_recipe()
         for k in [k for k, v in default.items() if self.opt.extra.get(k, not v) == v]:
             del self.opt.extra[k]   # an option equal to the recipe is no option (--c with or without it is the same)
         self.recipe = self.run_recipe()
+        if self.recipe.get("lateral_mirror") and self.cfg.get("lateral_axis") is None:
+            raise UserError("--lateral_mirror needs the plans' lateral_axis, which these plans lack (planned before "
+                            "it existed, or the left/right organs lie apart along no one axis: see the plans' "
+                            "_why); re-plan with autoorgan_plan_and_preprocess")
         k = self.recipe.get("classes_per_patch")
         self.classes_per_patch = None if k is None else max(1, min(int(k), len(self.label_values)))
         section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
@@ -68,12 +74,13 @@ class CCQTrainer(TrainerBase):
                                 for c in self.train_ids if c in cases], self.label_values)
 
     def default_recipe(self) -> dict:
-        """What the command line's ``--patch_size``, ``--oversample_foreground``, ``--(no_)deep_supervision`` and
-        ``--classes_per_patch`` override: ccq and dodnet train the planned patch with nnU-Net's 33 % organ-centred
-        patches; ccq decodes the plans' ``ccq.train_classes_per_patch`` classes per patch (dodnet and masked_sigmoid
-        all of them: no such entry)."""
+        """What the command line's ``--patch_size``, ``--oversample_foreground``, ``--(no_)deep_supervision``,
+        ``--(no_)lateral_mirror`` and ``--classes_per_patch`` override: ccq and dodnet train the planned patch with
+        nnU-Net's 33 % organ-centred patches, unmirrored; ccq decodes the plans' ``ccq.train_classes_per_patch``
+        classes per patch (dodnet and masked_sigmoid all of them: no such entry)."""
         recipe = {"patch_size": [int(v) for v in self.cfg["patch_size"]],
-                  "oversample_foreground": OVERSAMPLE_FOREGROUND, "deep_supervision": False}
+                  "oversample_foreground": OVERSAMPLE_FOREGROUND, "deep_supervision": False,
+                  "lateral_mirror": False}
         planned_k = self.cfg.get("ccq", {}).get("train_classes_per_patch")
         if not self.all_classes_in_training and planned_k is not None:
             recipe["classes_per_patch"] = int(planned_k)
@@ -95,7 +102,8 @@ class CCQTrainer(TrainerBase):
     def make_training_stream(self, num_samples: int):
         return PatchStream(self.data_folder, self.train_ids, self.plans, self.section, self.dataset_json,
                            self.opt.seed, num_samples, tuple(self.cfg.get("mirror_axes", ())),
-                           float(self.recipe["oversample_foreground"]))
+                           float(self.recipe["oversample_foreground"]),
+                           self.lateral_pairs if self.recipe.get("lateral_mirror") else None)
 
     def run_recipe(self) -> dict:
         """The recipe this run trains: the configuration's, with the command line's options over it."""
@@ -113,6 +121,8 @@ class CCQTrainer(TrainerBase):
             name += "_ds" if recipe["deep_supervision"] else "_nods"
         if recipe.get("classes_per_patch") != default.get("classes_per_patch"):
             name += f"_k{recipe['classes_per_patch']}"
+        if recipe.get("lateral_mirror") != default.get("lateral_mirror"):
+            name += "_lm" if recipe["lateral_mirror"] else "_nolm"
         return name
 
     collate_fn = staticmethod(collate_patches)
@@ -120,20 +130,27 @@ class CCQTrainer(TrainerBase):
     def compute_loss(self, batch):
         image = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         seg = batch["seg"].to(self.device)
+        mirrored = batch.get("mirrored", [False] * len(batch["case_id"]))
+        # a patch mirrored left-right (--lateral_mirror) annotates the partners of its case's lateral organs
+        case_annotated = [swap_labels(self.annotated[c], self.lateral_pairs) if m else self.annotated[c]
+                          for c, m in zip(batch["case_id"], mirrored)]
         if self.classes_per_patch is None:
             targets = binary_targets(seg, self.label_values)
-            annotated = torch.tensor([[v in self.annotated[c] for v in self.label_values] for c in batch["case_id"]],
+            annotated = torch.tensor([[v in ann for v in self.label_values] for ann in case_annotated],
                                      device=self.device)
             if self.recipe["deep_supervision"]:   # masked_sigmoid: every decoder stage (nnU-Net's weights)
                 return deep_supervised(self.loss, self.network(image, deep=True), targets, annotated)
             return self.loss(self.network(image), targets, annotated)
         chosen, flags = [], []
-        for i, case in enumerate(batch["case_id"]):
+        for i, ann_case in enumerate(case_annotated):
             present = set(torch.unique(seg[i]).tolist())
             # a pure function of the sample: exact resume, whatever the batch composition
             rng = np.random.default_rng([self.opt.seed, int(batch["index"][i]), 1])
-            idx, ann = choose_classes(self.label_values, self.annotated[case], present, self.classes_per_patch,
-                                      rng, prefer=batch["forced_class"][i])
+            prefer = batch["forced_class"][i]
+            if mirrored[i] and prefer >= 0:
+                prefer = next(iter(swap_labels([prefer], self.lateral_pairs)))
+            idx, ann = choose_classes(self.label_values, ann_case, present, self.classes_per_patch,
+                                      rng, prefer=prefer)
             chosen.append(idx)
             flags.append(ann)
         classes = torch.tensor(chosen, device=self.device)                       # [B, k] label indices

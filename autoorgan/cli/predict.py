@@ -33,8 +33,11 @@ def _parser(description: str) -> argparse.ArgumentParser:
                    help="torch (default) or onnx: each fold's network.onnx (autoorgan_export_onnx) run by onnxruntime, "
                         "with the same preprocessing and outputs")
     p.add_argument("--tta", action="store_true",
-                   help="test-time mirroring along the plans' mirror_axes, averaged in box space (off by default; "
-                        "the default plans do not mirror because left/right organs would swap)")
+                   help="test-time mirroring (off by default). Label maps (ccq, dodnet, masked_sigmoid): one more pass "
+                        "with the scan mirrored along the patient's left-right axis, its probabilities flipped back "
+                        "with the plans' lateral_pairs (e.g. left/right parotid) swapped, and averaged (twice the "
+                        "time). Boxes (organdetr): mirroring along the plans' mirror_axes, averaged in box space (the "
+                        "default plans have none, because left/right organs would swap)")
     p.add_argument("--save_box_masks", action="store_true", help="also write CASE_boxmask.nii.gz (boxes as labels)")
     p.add_argument("--save_png", action="store_true", help="also write CASE_boxes.png (three slices per organ)")
     p.add_argument("--output_type", nargs="+", default=["nifti"], choices=("nifti", "dicom_seg", "rtstruct"),
@@ -78,9 +81,12 @@ def _run(args, model_folder) -> None:
         if predictor.output != "masks":
             raise UserError("--components is for label maps: use it with ccq, dodnet or masked_sigmoid")
         predictor.components = args.components
-    if args.tta and not predictor.mirror_axes:
+    if args.tta and predictor.output == "boxes" and not predictor.mirror_axes:
         print("autoorgan: --tta has no effect: the plans train without mirroring (mirror_axes empty)",
               file=sys.stderr)
+    if args.tta and predictor.output == "masks" and predictor.cfg.get("lateral_axis") is None:
+        print("autoorgan: --tta has no effect: the model's plans have no lateral_axis (planned before it existed, "
+              "or the dataset's left/right organs lie apart along no one axis; see the plans' _why)", file=sys.stderr)
     res = predict_folder(predictor, args.i, args.o, args.continue_prediction, args.save_box_masks, args.save_png,
                          progress=not args.quiet, output_types=args.output_type,
                          dicom_reference=Path(args.dicom_reference) if args.dicom_reference else None)

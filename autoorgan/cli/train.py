@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--no_deep_supervision", action="store_true",
                     help="masked_sigmoid: the loss on the full-resolution output only (ablation); results in "
                          "MaskedSigmoidTrainer_nods")
+    lm = p.add_mutually_exclusive_group()
+    lm.add_argument("--lateral_mirror", action="store_true",
+                    help="ccq, dodnet, masked_sigmoid: mirror half the training patches along the patient's "
+                         "left-right axis, swapping the plans' lateral_pairs (e.g. left/right parotid), so each "
+                         "organ is also learned from its partner's side; results in <Trainer>_lm")
+    lm.add_argument("--no_lateral_mirror", action="store_true",
+                    help="ccq, dodnet, masked_sigmoid: no such mirroring where the recipe has it (ablation); "
+                         "results in <Trainer>_nolm")
     p.add_argument("-tr", dest="trainer_name", default=None,
                    help="name of the results folder's trainer part (default: derived from the options)")
     p.add_argument("--val_only", action="store_true",
@@ -142,6 +150,11 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError(f"{flag} is for masked_sigmoid (nnU-Net's U-Net); ccq and dodnet have no per-stage "
                             "outputs")
         extra["deep_supervision"] = bool(args.deep_supervision)
+    if args.lateral_mirror or args.no_lateral_mirror:
+        if entry.output != "masks":
+            raise UserError("--lateral_mirror and --no_lateral_mirror are for the segmentation configurations "
+                            "(ccq, dodnet, masked_sigmoid), not organdetr")
+        extra["lateral_mirror"] = bool(args.lateral_mirror)
     if args.classes_per_patch is not None:
         if entry.name != "ccq":
             raise UserError("--classes_per_patch is for ccq (dodnet and masked_sigmoid train every annotated class "

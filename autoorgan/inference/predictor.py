@@ -39,6 +39,7 @@ from autoorgan.inference.detect import Detections, detect_case, fuse_detections
 from autoorgan.inference.export import case_box_record
 from autoorgan.inference.inputs import CaseError, InputCase, find_input_cases, read_input_case
 from autoorgan.inference.outputs import box_label_map, save_png, slicer_markups, write_image_atomic
+from autoorgan.planning.laterality import case_lateral_axis, configured_pairs, swap_order
 from autoorgan.planning.plans import get_configuration, read_plans
 from autoorgan.utils.checkpoints import load_checkpoint, load_network_state
 from autoorgan.utils.device import conv_memory_format, select_device
@@ -356,6 +357,9 @@ class SegmentationPredictor(Predictor):
         self.components = str(self.cfg.get("components", "largest" if self.cfg.get("keep_largest_component")
                                            else "all"))   # model folders from before 'components' had a bool
         self.organ_locations = dict(self.cfg.get("organ_locations", {}))
+        # --tta: one more pass mirrored along the patient's left-right axis, left/right labels swapped
+        self.lateral_tta = False
+        self.lateral_pairs = configured_pairs(self.cfg, foreground_labels(self.dataset_json))
         from autoorgan.inference.mask_boxes import COMPONENT_RULES
         if self.components not in COMPONENT_RULES:
             raise UserError(f"the model's plans ask for components {self.components!r}, which this version does not "
@@ -376,6 +380,15 @@ class SegmentationPredictor(Predictor):
         with eval_mode(self.networks):
             probs = sum(sliding_window_probs(net, data, self.patch_size, self.device, len(self.label_values))
                         for net in self.networks) / len(self.networks)
+            geometry = geometry_from_props(props, self.plans["transpose_backward"])
+            axis = case_lateral_axis(self.cfg.get("lateral_axis"),   # plans from before it: no mirroring
+                                     geometry.direction if geometry is not None else None,
+                                     self.plans["transpose_forward"]) if self.lateral_tta else None
+            if axis is not None:   # the mirrored scan's probabilities, flipped back, each left/right pair swapped
+                mirrored = np.ascontiguousarray(np.flip(np.asarray(data), axis + 1))
+                back = sum(sliding_window_probs(net, mirrored, self.patch_size, self.device, len(self.label_values))
+                           for net in self.networks) / len(self.networks)
+                probs = (probs + back.flip(axis + 1)[swap_order(self.label_values, self.lateral_pairs)]) / 2
         labels = combine_classes(probs, self.label_values, self.threshold)[None]
         resample = PlansManager(self.plans).get_configuration(self.section).resampling_fn_seg
         crop_shape = [int(s) for s in props["shape_after_cropping_and_before_resampling"]]
@@ -392,7 +405,7 @@ class SegmentationPredictor(Predictor):
         scores = component_scores(labels[0], probs, self.label_values)
         organs = {lab: (np.asarray(box, np.float64), scores.get(lab, 0.0))
                   for lab, box in boxes_from_label_map(full, self.label_values).items()}
-        return Segmentation(full, organs), geometry_from_props(props, self.plans["transpose_backward"])
+        return Segmentation(full, organs), geometry
 
     def write_case(self, case_id: str, prediction: Segmentation, geometry: Geometry, out_dir: Path, image0=None,
                    save_box_masks: bool = False, dicom_dir: Path | None = None) -> dict:
@@ -452,8 +465,10 @@ def load_predictor(model_folder: Path, folds: Sequence[str | int] | None = None,
         load_network_state(net, state, path, "retrain, or predict with the version that trained it")
         networks.append(net.to(dev).eval())
     cfg = get_configuration(plans, section)
-    mirror = tuple(int(a) for a in cfg.get("mirror_axes", ())) if tta else ()
+    mirror = tuple(int(a) for a in cfg.get("mirror_axes", ())) if tta and kind.output == "boxes" else ()
     predictor = kind(plans, dataset_json, section, networks, dev, mirror)
+    if isinstance(predictor, SegmentationPredictor):
+        predictor.lateral_tta = tta
     predictor.model_folder, predictor.folds, predictor.checkpoint = model_folder, chosen, checkpoint
     predictor.backend = backend
     return predictor
@@ -521,6 +536,7 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
             result.seconds = time.time() - t0
             info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds, "backend": predictor.backend,
                     "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
+                    "lateral_tta": getattr(predictor, "lateral_tta", False),
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
                     "output_types": list(output_types),
                     "refine_with_masks": str(predictor.refine_masks) if predictor.refine_masks else None,

@@ -91,6 +91,7 @@ def analyze_case(case: RawCase, dataset_json: Mapping, n_samples: int, check: bo
     return {
         "case_id": case.case_id, "problems": [], "warnings": data.warnings,
         "spacing": spacing.tolist(), "shape": shape.tolist(), "shape_after_crop": crop_shape.tolist(),
+        "direction": [float(v) for v in data.geometry.direction],
         "relative_size_after_crop": float(np.prod(crop_shape) / np.prod(shape)),
         "body_bbox": body, "body_extent_mm": (crop_shape * spacing).round(3).tolist(),
         "intensity_samples": samples, "intensity_stats": stats,
@@ -151,7 +152,7 @@ def aggregate(results: list[dict], dataset_json: Mapping) -> dict:
             "body_extent_mm": _percentiles([r["body_extent_mm"] for r in results], 2),
             "classes": classes,
             "cases": {r["case_id"]: {
-                "spacing": r["spacing"], "shape": r["shape"], "body_bbox": r["body_bbox"],
+                "spacing": r["spacing"], "shape": r["shape"], "direction": r["direction"], "body_bbox": r["body_bbox"],
                 "body_extent_mm": r["body_extent_mm"], "annotated": r["annotated"], "present": r["present"],
                 "boxes": r["boxes"], "intensity_stats": r["intensity_stats"]} for r in results},
         },

@@ -8,9 +8,10 @@ its voxels (nnU-Net draws the case first and then one of its classes, which star
 classes a case does not annotate are 0 in its label map, so oversampling only ever targets **annotated** organs.
 Otherwise a random case and a random patch. Patches are augmented by nnU-Net's training transforms
 (batchgeneratorsv2: rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma; mirroring only
-along the plans' ``mirror_axes``, none by default because left and right organs would swap). Sample ``g`` of a run
-is a pure function of ``(seed, g)`` (the random generators are seeded per sample and restored afterwards), which
-gives exact resume as for Organ-DETR.
+along the plans' ``mirror_axes``, none by default because left and right organs would swap; with ``lateral_pairs``
+half the patches are mirrored along the patient's left-right axis and those label pairs swapped, so a mirrored
+left parotid is trained as a right one). Sample ``g`` of a run is a pure function of ``(seed, g)`` (the random
+generators are seeded per sample and restored afterwards), which gives exact resume as for Organ-DETR.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from autoorgan.planning.laterality import case_lateral_axis, swap_label_map
+
 OVERSAMPLE_FOREGROUND = 0.33
 
 
@@ -29,10 +32,16 @@ class PatchStream(torch.utils.data.Dataset):
 
     def __init__(self, folder: Path, identifiers: Sequence[str], plans: dict, configuration: str,
                  dataset_json: dict, seed: int, num_samples: int, mirror_axes: Sequence[int] = (),
-                 oversample_foreground: float = OVERSAMPLE_FOREGROUND):
+                 oversample_foreground: float = OVERSAMPLE_FOREGROUND,
+                 lateral_pairs: Sequence[Sequence[int]] | None = None):
         self.args = (str(folder), list(identifiers), plans, configuration, dataset_json, tuple(mirror_axes))
         self.seed, self.num_samples = int(seed), int(num_samples)
         self.oversample = float(oversample_foreground)
+        # None: no left-right mirroring; else half the patches mirrored along the patient's left-right axis with
+        # these (left, right) label pairs swapped (the sample says so: "mirrored", for the annotated classes)
+        self.lateral_pairs = None if lateral_pairs is None else [tuple(int(v) for v in p) for p in lateral_pairs]
+        self.transpose_forward = list(plans["transpose_forward"])
+        self.lateral_axis = plans["configurations"][configuration].get("lateral_axis")   # None: older plans
         self._loader = None
 
     def _build(self):
@@ -94,8 +103,16 @@ class PatchStream(torch.utils.data.Dataset):
             np.random.set_state(state[0])
             torch.set_rng_state(state[1])
             random.setstate(state[2])
-        return {"image": out["image"], "seg": out["segmentation"], "case_id": ident, "index": int(g),
-                "forced_class": -1 if cls is None else int(cls)}
+        image, seg, mirrored = out["image"], out["segmentation"], False
+        if self.lateral_pairs is not None and rng.random() < 0.5:
+            axis = case_lateral_axis(self.lateral_axis, props.get("sitk_stuff", {}).get("direction"),
+                                     self.transpose_forward)
+            if axis is not None:   # image [C, *patch], seg [1, *patch]: the same array axes as the case
+                image = torch.flip(torch.as_tensor(image), (axis + 1,))
+                seg = swap_label_map(torch.flip(torch.as_tensor(seg), (axis + 1,)), self.lateral_pairs)
+                mirrored = True
+        return {"image": image, "seg": seg, "case_id": ident, "index": int(g),
+                "forced_class": -1 if cls is None else int(cls), "mirrored": mirrored}
 
 
 def collate_patches(items: list[dict]) -> dict:
@@ -103,7 +120,8 @@ def collate_patches(items: list[dict]) -> dict:
             "seg": torch.stack([torch.as_tensor(i["seg"]) for i in items]),
             "case_id": [i["case_id"] for i in items],
             "index": [int(i.get("index", -1)) for i in items],
-            "forced_class": [int(i.get("forced_class", -1)) for i in items]}
+            "forced_class": [int(i.get("forced_class", -1)) for i in items],
+            "mirrored": [bool(i.get("mirrored", False)) for i in items]}
 
 
 def choose_classes(label_values: Sequence[int], annotated: set[int], present: set[int], k: int,
