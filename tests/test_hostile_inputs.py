@@ -825,7 +825,8 @@ def test_masked_sigmoid_trains_the_plans_recipe_and_options_override_it(env, cap
     def trainer(**extra):
         return MaskedSigmoidTrainer(DATASET, 0, TrainOptions(extra=extra), "cpu")
     t = trainer()
-    assert t.recipe == {k: recipe[k] for k in ("patch_size", "oversample_foreground", "deep_supervision")}
+    assert t.recipe == {**{k: recipe[k] for k in ("patch_size", "oversample_foreground", "deep_supervision")},
+                        "lateral_mirror": False}   # not mirrored unless asked (--lateral_mirror)
     assert t.make_training_stream(4).oversample == recipe["oversample_foreground"]
     t = trainer(deep_supervision=True, patch_size=list(recipe["patch_size"]))   # the recipe's own values
     assert t.trainer_name == "MaskedSigmoidTrainer" and t.opt.extra == {}   # --c with or without them: the same run
