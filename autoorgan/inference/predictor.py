@@ -377,17 +377,18 @@ class SegmentationPredictor(Predictor):
         from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores, reduce_components
         from autoorgan.inference.segment import combine_classes
         from autoorgan.inference.sliding import sliding_window_probs
+        def ensemble_probs(image: np.ndarray) -> torch.Tensor:   # [K, n0, n1, n2], mean over the networks
+            return sum(sliding_window_probs(net, image, self.patch_size, self.device, len(self.label_values))
+                       for net in self.networks) / len(self.networks)
+
         with eval_mode(self.networks):
-            probs = sum(sliding_window_probs(net, data, self.patch_size, self.device, len(self.label_values))
-                        for net in self.networks) / len(self.networks)
+            probs = ensemble_probs(data)
             geometry = geometry_from_props(props, self.plans["transpose_backward"])
             axis = case_lateral_axis(self.cfg.get("lateral_axis"),   # plans from before it: no mirroring
                                      geometry.direction if geometry is not None else None,
                                      self.plans["transpose_forward"]) if self.lateral_tta else None
             if axis is not None:   # the mirrored scan's probabilities, flipped back, each left/right pair swapped
-                mirrored = np.ascontiguousarray(np.flip(np.asarray(data), axis + 1))
-                back = sum(sliding_window_probs(net, mirrored, self.patch_size, self.device, len(self.label_values))
-                           for net in self.networks) / len(self.networks)
+                back = ensemble_probs(np.ascontiguousarray(np.flip(np.asarray(data), axis + 1)))
                 probs = (probs + back.flip(axis + 1)[swap_order(self.label_values, self.lateral_pairs)]) / 2
         labels = combine_classes(probs, self.label_values, self.threshold)[None]
         resample = PlansManager(self.plans).get_configuration(self.section).resampling_fn_seg
