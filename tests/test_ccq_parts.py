@@ -145,6 +145,31 @@ def test_combine_classes_into_one_label_map():
     assert out.dtype == np.uint8
 
 
+def test_label_maps_come_from_resampled_probabilities():
+    """The predictor's label map on the scan's grid is the combination of the probabilities resampled there (nnU-Net's
+    export), computed one class at a time; resampling the coarse label map instead gives other boundaries."""
+    from functools import partial
+
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    from autoorgan.inference.segment import combine_classes, combine_resampled
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.nn.functional.avg_pool3d(torch.rand(3, 8, 9, 6, generator=g)[None], 3, 1, 1)[0]  # smooth maps
+    probs = (coarse - coarse.amin()) / (coarse.amax() - coarse.amin())
+    shape, coarse_sp, fine_sp = [19, 20, 13], [2.0, 2.0, 2.0], [0.85, 0.9, 0.95]
+    resample = partial(resample_data_or_seg_to_shape, new_shape=shape, current_spacing=coarse_sp,
+                       new_spacing=fine_sp, is_seg=False, order=1, order_z=0, force_separate_z=None)
+    got = combine_resampled(probs, [2, 5, 7], 0.5, resample)
+    want = combine_classes(resample(probs.numpy()), [2, 5, 7], 0.5)
+    assert got.shape == tuple(shape) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+    assert set(np.unique(got)) == {0, 2, 5, 7}
+    labels = combine_classes(probs, [2, 5, 7], 0.5)[None]
+    from_labels = resample_data_or_seg_to_shape(labels, shape, coarse_sp, fine_sp, is_seg=True, order=1, order_z=0,
+                                                force_separate_z=None)[0]
+    assert (from_labels != got).mean() > 0.01    # the two routes differ, so the check above can tell them apart
+
+
 @pytest.mark.parametrize("name", ["ccq", "dodnet", "masked_sigmoid"])
 def test_per_image_classes_match_shared_classes(name):
     """Training asks each image for its own classes ([B, K]); every (image, class) map must equal the one the

@@ -338,10 +338,11 @@ def raw_body_box(bbox_used_for_cropping: Sequence[Sequence[int]], transpose_back
 
 class SegmentationPredictor(Predictor):
     """Label maps (``CASE<file_ending>`` on the input image's grid) from ccq or dodnet networks: sliding window over
-    the preprocessed scan, per-class probabilities averaged over networks, classes combined (highest probability
-    above the plans' threshold), then resampled (nnU-Net's label resampling), un-cropped and un-transposed. Every
-    organ also gets a box (``CASE_boxes.json``, Slicer markups): its largest component's, scored by the mean
-    probability over it, so segmentation models are detectors scored like Organ-DETR."""
+    the preprocessed scan, per-class probabilities averaged over networks and resampled to the scan's spacing
+    (nnU-Net's probability resampling, one class at a time), classes combined (highest probability above the plans'
+    threshold), un-cropped and un-transposed. Every organ also gets a box (``CASE_boxes.json``, Slicer markups): its
+    largest component's, scored by the mean probability over it, so segmentation models are detectors scored like
+    Organ-DETR."""
 
     output = "masks"
 
@@ -375,7 +376,7 @@ class SegmentationPredictor(Predictor):
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         from autoorgan.inference.mask_boxes import boxes_from_label_map, component_scores, reduce_components
-        from autoorgan.inference.segment import combine_classes
+        from autoorgan.inference.segment import combine_classes, combine_resampled
         from autoorgan.inference.sliding import sliding_window_probs
         def ensemble_probs(image: np.ndarray) -> torch.Tensor:   # [K, n0, n1, n2], mean over the networks
             return sum(sliding_window_probs(net, image, self.patch_size, self.device, len(self.label_values))
@@ -391,10 +392,12 @@ class SegmentationPredictor(Predictor):
                 back = ensemble_probs(np.ascontiguousarray(np.flip(np.asarray(data), axis + 1)))
                 probs = (probs + back.flip(axis + 1)[swap_order(self.label_values, self.lateral_pairs)]) / 2
         labels = combine_classes(probs, self.label_values, self.threshold)[None]
-        resample = PlansManager(self.plans).get_configuration(self.section).resampling_fn_seg
         crop_shape = [int(s) for s in props["shape_after_cropping_and_before_resampling"]]
         spacing = [props["spacing"][i] for i in self.plans["transpose_forward"]]
-        back = np.asarray(resample(labels, crop_shape, self.cfg["spacing"], spacing))[0]
+        # as nnU-Net: the probabilities go back to the scan's grid, then become labels (not the label map)
+        resample = PlansManager(self.plans).get_configuration(self.section).resampling_fn_probabilities
+        back = combine_resampled(probs, self.label_values, self.threshold,
+                                 lambda p: resample(p, crop_shape, self.cfg["spacing"], spacing))
         full = np.zeros([int(s) for s in props["shape_before_cropping"]], labels.dtype)
         full[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])] = back
         backward = self.plans["transpose_backward"]
