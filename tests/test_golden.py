@@ -125,3 +125,44 @@ def test_golden_label_map(golden_roots, tmp_path):
             assert abs(g["voxels"] - w["voxels"]) <= max(2, COUNT_RTOL * w["voxels"]), (v, g, w)
             np.testing.assert_allclose(g["centroid"], w["centroid"], atol=CENTROID_ATOL, err_msg=v)
     _compare("ccq_label_map.json", got, check)
+
+
+def test_ensemble_of_model_folders_equals_the_fold_ensemble(golden_roots, tmp_path):
+    """``-tr A B`` averages two model folders' networks exactly as ``-f 0 1`` averages two folds of one folder
+    (label maps and boxes alike); a folder trained on other plans is refused with one line and nothing written."""
+    a = tiny_model_folder(golden_roots, DATASET, "EnsA", "ccq", _shrink_ccq, _ccq)
+    b = tiny_model_folder(golden_roots, DATASET, "EnsB", "ccq", _shrink_ccq, _ccq)
+    cfg = json.loads((a / "plans.json").read_text())["configurations"]["ccq"]
+    torch.manual_seed(1)     # B: another network on the same plans (a second seed)
+    torch.save({"network": _ccq(cfg).state_dict()}, b / "fold_0" / "checkpoint_final.pth")
+    folds = golden_roots["results"] / DATASET / "EnsAB__autoorganPlans__ccq"
+    shutil.copytree(a, folds)
+    (folds / "fold_1").mkdir()
+    shutil.copy(b / "fold_0" / "checkpoint_final.pth", folds / "fold_1" / "checkpoint_final.pth")
+
+    def predict(out, *trainers, folds=("0",)):
+        return run_cli("autoorgan_predict", "-i", str(golden_roots["raw"] / DATASET / "imagesTs"), "-o", str(out),
+                       "-d", "900", "-c", "ccq", "-tr", *trainers, "-f", *folds, "-device", "cpu", "--quiet",
+                       env_roots=golden_roots)
+
+    results = {}
+    for name, trainers, fs in (("ens", ("EnsA", "EnsB"), ("0",)), ("folds", ("EnsAB",), ("0", "1")),
+                               ("a", ("EnsA",), ("0",))):
+        res = predict(tmp_path / name, *trainers, folds=fs)
+        assert res.returncode == 0, res.stderr[-3000:]
+        label_map = next((tmp_path / name).glob("*.nii.gz"))
+        boxes = json.loads(next((tmp_path / name).glob("*_boxes.json")).read_text())["organs"]
+        results[name] = (sitk.GetArrayFromImage(sitk.ReadImage(str(label_map))), boxes)
+    np.testing.assert_array_equal(results["ens"][0], results["folds"][0])
+    assert results["ens"][1] == results["folds"][1]
+    assert (results["ens"][0] != results["a"][0]).any()        # B's network did change the result
+    info = json.loads((tmp_path / "ens" / "prediction_info.json").read_text())
+    assert [m["model_folder"] for m in info["ensemble"]] == [str(a), str(b)]
+
+    plans = json.loads((b / "plans.json").read_text())
+    plans["configurations"]["ccq"]["spacing"] = [s * 1.5 for s in plans["configurations"]["ccq"]["spacing"]]
+    (b / "plans.json").write_text(json.dumps(plans))
+    res = predict(tmp_path / "refused", "EnsA", "EnsB")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "cannot ensemble" in res.stderr and "spacing" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()

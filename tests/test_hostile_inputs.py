@@ -854,6 +854,10 @@ def test_ccq_classes_per_patch_comes_from_the_plans_and_the_option_names_its_fol
     assert (t.classes_per_patch, t.trainer_name) == (planned + 1, f"CCQTrainer_k{planned + 1}")
     assert trainer(classes_per_patch=99).classes_per_patch == len(t.label_values)   # at most every organ
     assert trainer(DoDNetTrainer).classes_per_patch is None   # every annotated class of every patch
+    # another seed trains in its own folder (two seeds side by side never share one); the default seed adds nothing
+    assert CCQTrainer(DATASET, 0, TrainOptions(seed=2), "cpu").trainer_name == "CCQTrainer_seed2"
+    assert CCQTrainer(DATASET, 0, TrainOptions(seed=TrainOptions.seed), "cpu").trainer_name == "CCQTrainer"
+    assert CCQTrainer(DATASET, 0, TrainOptions(seed=2), "cpu", trainer_name="Mine").trainer_name == "Mine"
 
 
 def test_lateral_mirror_names_its_folder_and_a_mirrored_patch_annotates_the_partner_organs(env):

@@ -67,7 +67,10 @@ class TrainerBase:
         self.plans_name = plans_name
         self.cfg = get_configuration(self.plans, self.section)
         self.dataset_json = load_json(self.pre_folder / "dataset.json")
-        self.trainer_name = trainer_name or self.default_trainer_name()
+        # a non-default --seed trains in a folder of its own (<Trainer>_seed2): runs of one fold with different seeds,
+        # e.g. side by side on a small CPU and ensembled by autoorgan_predict -tr A B, never share a folder
+        seed = "" if options.seed == TrainOptions.seed else f"_seed{options.seed}"
+        self.trainer_name = trainer_name or self.default_trainer_name() + seed
         self.model_folder = model_folder(dataset_name, self.trainer_name, plans_name, self.section)
         self.output_folder = self.model_folder / f"fold_{fold}"
         self.data_folder = self.pre_folder / self.cfg["data_identifier"]

@@ -66,10 +66,10 @@ def _parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _run(args, model_folder) -> None:
-    from autoorgan.inference.predictor import load_predictor, predict_folder
-    predictor = load_predictor(Path(model_folder), args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta,
-                               args.backend)
+def _run(args, model_folders: list[Path]) -> None:
+    from autoorgan.inference.predictor import load_ensemble, predict_folder
+    predictor = load_ensemble(model_folders, args.f, f"checkpoint_{args.chk}.pth", args.device, args.tta,
+                              args.backend)
     if args.refine_with_masks is not None:
         if predictor.output != "boxes":
             raise UserError("--refine_with_masks refines boxes: use it with a box configuration (organdetr)")
@@ -91,8 +91,9 @@ def _run(args, model_folder) -> None:
                          progress=not args.quiet, output_types=args.output_type,
                          dicom_reference=Path(args.dicom_reference) if args.dicom_reference else None)
     n = len(res.done) + len(res.skipped)
+    used = " and ".join(f"fold(s) {', '.join(folds)} of {folder}" for folder, folds in predictor.members)
     print(f"predicted {len(res.done)} case(s)" + (f", {len(res.skipped)} already done" if res.skipped else "") +
-          f" with fold(s) {', '.join(predictor.folds)} of {predictor.model_folder} in {res.seconds:.1f} s -> {args.o}")
+          f" with {used} in {res.seconds:.1f} s -> {args.o}")
     if res.failed:
         print(f"autoorgan: {len(res.failed)} of {n + len(res.failed)} case(s) failed: "
               f"{', '.join(sorted(res.failed))} (reasons above and in {args.o}/prediction_info.json)",
@@ -106,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name the model was trained on")
     p.add_argument("-c", default="organdetr", metavar="CONFIG",
                    help="organdetr (boxes, default), ccq or dodnet (label maps CASE<file_ending>)")
-    p.add_argument("-tr", default=None, metavar="TRAINER",
-                   help="trainer folder name (default: the configuration's trainer, e.g. OrganDETRTrainer)")
+    p.add_argument("-tr", default=None, nargs="+", metavar="TRAINER",
+                   help="trainer folder name (default: the configuration's trainer, e.g. OrganDETRTrainer); several "
+                        "names ensemble those model folders (e.g. one fold trained with two seeds side by side), "
+                        "averaged like folds; they must share plans and dataset.json, and -f applies to each")
     p.add_argument("-p", default=None, metavar="PLANS", help="plans name (default autoorganPlans)")
     return p
 
@@ -124,27 +127,30 @@ def main(argv: list[str] | None = None) -> None:
     except UserError:
         raise UserError(f"no trained models for dataset {args.d} in {results_root()} (autoorgan_results); train one "
                         f"with autoorgan_train {args.d} {args.c} FOLD") from None
-    folder = model_folder(name, args.tr or entry.trainer_name, args.p or PLANS_NAME, entry.plans_section)
-    if not folder.is_dir():
-        others = sorted(p.name for p in (results_root() / name).glob(f"*__{entry.plans_section}")) \
-            if (results_root() / name).is_dir() else []
-        raise UserError(f"no trained {args.c} model in {folder}" +
-                        (f" (found: {', '.join(others)}; pick one with -tr)" if others else
-                         f"; train it with autoorgan_train {args.d} {args.c} FOLD"))
-    _run(args, folder)
+    folders = [model_folder(name, trainer, args.p or PLANS_NAME, entry.plans_section)
+               for trainer in (args.tr or [entry.trainer_name])]
+    for folder in folders:
+        if not folder.is_dir():
+            others = sorted(p.name for p in (results_root() / name).glob(f"*__{entry.plans_section}")) \
+                if (results_root() / name).is_dir() else []
+            raise UserError(f"no trained {args.c} model in {folder}" +
+                            (f" (found: {', '.join(others)}; pick one with -tr)" if others else
+                             f"; train it with autoorgan_train {args.d} {args.c} FOLD"))
+    _run(args, folders)
 
 
 def build_parser_from_modelfolder() -> argparse.ArgumentParser:
     p = _parser("Predict with the model in a given model folder (the folder holding plans.json, dataset.json and "
                 "fold_F/).")
-    p.add_argument("-m", required=True, metavar="MODEL_DIR", help="model folder")
+    p.add_argument("-m", required=True, nargs="+", metavar="MODEL_DIR",
+                   help="model folder; several are ensembled (averaged like folds; same plans and dataset.json)")
     return p
 
 
 @cli_entry(interrupted=INTERRUPTED)
 def main_from_modelfolder(argv: list[str] | None = None) -> None:
     args = build_parser_from_modelfolder().parse_args(argv)
-    _run(args, args.m)
+    _run(args, [Path(m) for m in args.m])
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget in minutes: the epochs that fit are planned (again after every epoch) so "
                         "the learning rate anneals at the deadline, which is also a hard stop; --c continues with "
                         "what is left of it")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"random seed (default {d.seed}); another seed trains in <Trainer>_seedN, so two seeds of one "
+                        "fold can run side by side and be ensembled (autoorgan_predict -tr A B)")
     p.add_argument("-num_workers", type=int, default=None,
                    help="data loader worker processes (default: 2, or 0 with one CPU core)")
     p.add_argument("--matcher", choices=("dqm", "hungarian"), default=None,

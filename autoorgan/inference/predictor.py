@@ -10,7 +10,8 @@ One predictor class per kind of output, both on :class:`Predictor`:
 A predictor holds networks and the plans they were trained with. :func:`load_predictor` builds one from a model
 folder (``$autoorgan_results/DatasetXXX/<Trainer>__<Plans>__<section>`` with ``plans.json``, ``dataset.json`` and
 ``fold_F/checkpoint_*.pth``; the network is the one the folder's plans name, looked up in
-:data:`autoorgan.configurations.NETWORKS`; checkpoints are read without unpickling code). Trainers build one around
+:data:`autoorgan.configurations.NETWORKS`; checkpoints are read without unpickling code); :func:`load_ensemble`
+one from several folders trained on the same plans (their networks averaged like folds). Trainers build one around
 the network they train (``Predictor(plans, dataset_json, section, [network], device)``) and validate through
 :meth:`Predictor.predict_preprocessed`, the same path ``autoorgan_predict`` takes after preprocessing (as nnU-Net's
 ``perform_actual_validation`` does with its predictor).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,6 +106,7 @@ class Predictor:
         self.label_names = {v: k for k, v in labels.items()}
         self.model_folder: Path | None = None
         self.folds: list[str] = []
+        self.members: list[tuple[Path | None, list[str]]] = []   # (model folder, folds) of every folder ensembled
         self.checkpoint = ""
         self._reader = None
         self.output_types: tuple[str, ...] = ("nifti",)  # of autoorgan.inference.dicom_out.OUTPUT_TYPES
@@ -474,8 +477,52 @@ def load_predictor(model_folder: Path, folds: Sequence[str | int] | None = None,
     if isinstance(predictor, SegmentationPredictor):
         predictor.lateral_tta = tta
     predictor.model_folder, predictor.folds, predictor.checkpoint = model_folder, chosen, checkpoint
+    predictor.members = [(model_folder, list(chosen))]
     predictor.backend = backend
     return predictor
+
+
+def _prediction_inputs(predictor: Predictor) -> dict:
+    """What preprocessing, fusing and writing a case use from a model folder's plans and dataset.json: every
+    network of an ensemble must have been trained on these same values."""
+    cfg, plans = predictor.cfg, predictor.plans
+    keys = ("spacing", "input_shape", "patch_size", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data",
+            "resampling_fn_data_kwargs", "resampling_fn_probabilities", "resampling_fn_probabilities_kwargs",
+            "mirror_axes", "lateral_axis", "lateral_pairs")
+    out = {f"plans' {k}": cfg.get(k) for k in keys}
+    out["plans' organdetr.fit"] = cfg.get("organdetr", {}).get("fit")
+    out["plans' ccq.combine_threshold"] = cfg.get("ccq", {}).get("combine_threshold")
+    out["plans' transpose_forward"] = plans.get("transpose_forward")
+    out["plans' foreground intensity properties"] = plans.get("foreground_intensity_properties_per_channel")
+    for k in ("labels", "channel_names", "file_ending"):
+        out[f"dataset.json's {k}"] = predictor.dataset_json.get(k)
+    out["configuration"] = predictor.section
+    return json.loads(json.dumps(out))   # tuples and lists compare alike
+
+
+def load_ensemble(model_folders: Sequence[Path], folds: Sequence[str | int] | None = None,
+                  checkpoint: str = "checkpoint_final.pth", device: str | None = None, tta: bool = False,
+                  backend: str = "torch") -> Predictor:
+    """One predictor that averages the networks of several model folders (e.g. the same fold trained with two seeds
+    side by side), exactly as the folds of one folder are averaged; ``folds`` applies to each folder. The first
+    folder's plans and dataset.json drive preprocessing and outputs (and, for label maps, its ``organ_locations``
+    and ``components``), so the others must agree on everything :func:`_prediction_inputs` lists: otherwise a
+    one-line UserError names the first difference."""
+    if not model_folders:
+        raise UserError("no model folder given")
+    predictors = [load_predictor(Path(f), folds, checkpoint, device, tta, backend) for f in model_folders]
+    first = predictors[0]
+    want = _prediction_inputs(first)
+    for other in predictors[1:]:
+        got = _prediction_inputs(other)
+        diff = next((k for k in want if want[k] != got[k]), None)
+        if diff is not None:
+            raise UserError(f"cannot ensemble {other.model_folder} with {first.model_folder}: their {diff} differ "
+                            "(an ensemble needs models trained on the same plans and dataset); predict them "
+                            "separately")
+        first.networks += other.networks
+    first.members = [(p.model_folder, list(p.folds)) for p in predictors]
+    return first
 
 
 @dataclass
@@ -538,7 +585,9 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
             bar.close()
         finally:
             result.seconds = time.time() - t0
-            info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds, "backend": predictor.backend,
+            info = {"model_folder": str(predictor.model_folder), "folds": predictor.folds,
+                    "ensemble": [{"model_folder": str(f), "folds": k} for f, k in predictor.members],
+                    "backend": predictor.backend,
                     "checkpoint": predictor.checkpoint, "mirror_axes": list(predictor.mirror_axes),
                     "lateral_tta": getattr(predictor, "lateral_tta", False),
                     "device": str(predictor.device), "input_folder": str(input_folder), "failed": result.failed,
