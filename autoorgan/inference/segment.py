@@ -20,7 +20,12 @@ def combine_classes(probs: torch.Tensor | np.ndarray, label_values: Sequence[int
     best, idx = p.max(0)
     lut = torch.as_tensor(list(label_values), dtype=torch.int64)
     out = torch.where(best > threshold, lut[idx], torch.zeros((), dtype=torch.int64))
-    return out.numpy().astype(np.uint8 if max(label_values, default=0) < 256 else np.uint16)
+    return out.numpy().astype(label_dtype(label_values))
+
+
+def label_dtype(label_values: Sequence[int]) -> np.dtype:
+    """The label map's dtype: uint8, or uint16 with labels above 255."""
+    return np.dtype(np.uint8 if max(label_values, default=0) < 256 else np.uint16)
 
 
 def combine_resampled(probs: torch.Tensor | np.ndarray, label_values: Sequence[int], threshold: float,
@@ -47,5 +52,5 @@ def combine_resampled(probs: torch.Tensor | np.ndarray, label_values: Sequence[i
         del pk
     if best is None:
         raise ValueError("no classes to combine")
-    lut = np.asarray(list(label_values), np.uint8 if max(label_values, default=0) < 256 else np.uint16)
+    lut = np.asarray(list(label_values), label_dtype(label_values))
     return np.where(best > threshold, lut[idx], lut.dtype.type(0))
