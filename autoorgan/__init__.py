@@ -10,7 +10,7 @@ wire_nnunet_env()  # before any nnunetv2 import: nnunetv2.paths reads the variab
 __version__ = "0.1.0"
 
 _API = {"Predictor": "autoorgan.inference.predictor", "Prediction": "autoorgan.inference.predictor",
-        "load_predictor": "autoorgan.inference.predictor"}
+        "load_predictor": "autoorgan.inference.predictor", "load_ensemble": "autoorgan.inference.predictor"}
 
 
 def __getattr__(name: str):

@@ -3,7 +3,8 @@
 raw label maps.
 
     python bench/accuracy.py -d 501 -c organdetr --minutes 60 [--fold 0] [--threads 2] [--curve] [--tag NAME]
-                             [--refine_with_masks FOLDER] [-- extra autoorgan_train options, e.g. --matcher hungarian]
+                             [--refine_with_masks FOLDER] [--seeds S1 S2 ...]
+                             [-- extra autoorgan_train options, e.g. --matcher hungarian]
 
 Works for every configuration of the registry (organdetr: boxes; ccq, dodnet, masked_sigmoid: masks and boxes from
 masks). Plans and preprocessed data are made first when missing (``-device cpu``). Prints box metrics (mAP over IoU
@@ -16,6 +17,10 @@ configurations): the validation cases are also predicted with ``autoorgan_predic
 maps of the same cases, e.g. another run's ``val_predictions_fold0`` or nnU-Net's ``fold_0/validation``) and scored;
 both results are printed and stored (``refined``). ``--tta`` (label-map configurations): the validation cases are
 also predicted with ``autoorgan_predict --tta`` (the left-right mirrored pass added) and scored (``tta``).
+``--seeds S1 S2 ...``: one run per seed, trained side by side (``--threads`` each; ``--seeds 12345 2 --threads 1``
+is the 2 cores as two runs), each predicted and scored alone (folders ``<tag>`` for the first seed,
+``<tag>_seedS`` for the others), then the runs ensembled by ``autoorgan_predict -tr <tag> <tag>_seedS ...`` into the
+first folder's ``val_predictions_fold<F>_ensemble`` and scored (``accuracy_<tag>_ensemble.json``).
 
 Threads: ``--threads`` sets OMP_NUM_THREADS of the training and prediction processes. Run benchmarks alone on the
 machine, or two at a time with ``--threads 1`` each, and say which.
@@ -44,6 +49,46 @@ def _run(cmd: list[str], env: dict, what: str) -> subprocess.CompletedProcess:
     return res
 
 
+def _train_side_by_side(runs: list[tuple[str, list[str], Path]], env: dict) -> None:
+    """Train every (tag, command, fold folder) at once (one process each); a run with a final checkpoint is reused,
+    one with a latest checkpoint continues (``--c``)."""
+    procs = []
+    for tag, cmd, fold_dir in runs:
+        if (fold_dir / "checkpoint_final.pth").is_file():
+            print(f"  {tag}: trained model exists; reusing it (delete the folder to train again)")
+            continue
+        if (fold_dir / "checkpoint_latest.pth").is_file():
+            cmd = [*cmd, "--c"]
+        fold_dir.parent.mkdir(parents=True, exist_ok=True)
+        err = open(fold_dir.parent / f"train_stderr_{fold_dir.name}.txt", "w")
+        procs.append((tag, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err), err, time.time()))
+    for tag, proc, err, t in procs:
+        code = proc.wait()
+        err.close()
+        print(f"  training {tag}: {time.time() - t:.0f} s", flush=True)
+        if code:
+            sys.exit(f"training {tag} failed (exit {code}):\n" + Path(err.name).read_text()[-2000:])
+
+
+def _scored(out: Path, inputs: Path, ref: Path, args: argparse.Namespace, env: dict,
+            members: list[str], what: str, *options: str) -> tuple[dict, float]:
+    """Predict ``inputs`` with ``autoorgan_predict -tr <members...>`` into ``out`` and score it against ``ref``;
+    returns (summary.json, prediction seconds)."""
+    t = time.time()
+    _run([_bin("autoorgan_predict"), "-i", str(inputs), "-o", str(out), "-d", args.d, "-c", args.c, "-tr", *members,
+          "-f", args.fold, "-device", "cpu", "--quiet", *options], env, what)
+    seconds = time.time() - t
+    _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out), "-d", args.d, "--quiet"], env,
+         f"evaluation ({what})")
+    return json.loads((out / "summary.json").read_text()), seconds
+
+
+def _print_masks(m: dict, label: str) -> None:
+    print(f"{label}: mean Dice {m['mean_Dice']:.3f}  mean HD95 {m['mean_HD95']:.1f} mm")
+    for organ, v in m["per_class"].items():
+        print(f"  {organ:<16} n {v['num_cases']:>3}  Dice {v['Dice']:.3f}  HD95 {v['HD95']:.1f} mm")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -62,36 +107,69 @@ def main(argv: list[str] | None = None) -> None:
                    help="box configurations: also predict with autoorgan_predict --refine_with_masks FOLDER and score")
     p.add_argument("--tta", action="store_true",
                    help="label-map configurations: also predict with autoorgan_predict --tta and score")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="one run per seed, trained side by side (--threads each), scored alone and as an ensemble "
+                        "(autoorgan_predict -tr A B ...); folders <tag>, <tag>_seedS")
     args = p.parse_args(argv)
+    if "--seed" in extra and args.seeds:
+        sys.exit("give the seeds with --seeds, not --seed after --")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        sys.exit("--seeds: each seed once")
 
     from autoorgan.configurations import get_configuration
     from autoorgan.planning.plans import PLANS_NAME
-    from autoorgan.utils.paths import find_dataset_name, model_folder, preprocessed_root, raw_root
+    from autoorgan.utils.paths import find_dataset_name, model_folder, preprocessed_root
     entry = get_configuration(args.c)
     name = find_dataset_name(args.d)
-    tag = args.tag or f"Acc_{args.c}_{args.minutes:g}min"
+    base_tag = args.tag or f"Acc_{args.c}_{args.minutes:g}min"
+    seeds = args.seeds or [None]
+    tags = [base_tag if i == 0 else f"{base_tag}_seed{s}" for i, s in enumerate(seeds)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     pre = preprocessed_root() / name
     plans_path = pre / f"{PLANS_NAME}.json"
     if not plans_path.is_file() or entry.plans_section not in json.loads(plans_path.read_text())["configurations"]:
         _run([_bin("autoorgan_plan_and_preprocess"), "-d", args.d, "-c", args.c, "-device", "cpu", "--quiet"], env,
              "plan and preprocess")
-    folder = model_folder(name, tag, PLANS_NAME, entry.plans_section)
+    folders = [model_folder(name, tag, PLANS_NAME, entry.plans_section) for tag in tags]
+    print(f"{args.c} on {name} fold {args.fold}: {args.minutes:g} min, {args.threads} thread(s) per run -> "
+          + ", ".join(map(str, folders)))
+    runs = []
+    for tag, seed, folder in zip(tags, seeds, folders):
+        train = [_bin("autoorgan_train"), args.d, args.c, args.fold, "-device", "cpu", "--max_minutes",
+                 str(args.minutes), "--epochs", "100000", "--iters_per_epoch", str(args.iters_per_epoch), "-tr", tag,
+                 *(["--val_every", str(args.val_every)] if args.curve else ["--no_val"]), *extra,
+                 *(["--seed", str(seed)] if seed is not None else [])]
+        runs.append((tag, train, folder / f"fold_{args.fold}"))
+    _train_side_by_side(runs, env)
+    for tag, folder in zip(tags, folders):
+        evaluate_run(args, entry, name, tag, folder, env, extra)
+    if len(tags) > 1:
+        folder = folders[0]
+        out = folder / f"val_predictions_fold{args.fold}_ensemble"
+        summary, seconds = _scored(out, folder / f"val_inputs_fold{args.fold}",
+                                   folder / f"val_references_fold{args.fold}", args, env, tags,
+                                   "prediction of the ensemble", "--continue_prediction")
+        result = {"configuration": args.c, "dataset": name, "fold": args.fold, "members": tags, "seeds": seeds,
+                  "minutes_budget": args.minutes, "threads_per_run": args.threads,
+                  "prediction_seconds": round(seconds, 1), "extra_train_args": extra, "metrics": summary}
+        (folder / f"accuracy_{base_tag}_ensemble.json").write_text(json.dumps(result, indent=1))
+        print(f"\nensemble of {' + '.join(tags)} ({len(tags)} runs side by side, {args.threads} thread(s) each): "
+              f"predicted in {seconds:.0f} s")
+        if "boxes" in summary:
+            b = summary["boxes"]
+            print(f"boxes: mAP_coco {b['mAP']:.3f}  mAR {b['mAR']:.3f}  AP50 {b['AP50']:.3f}  AP75 {b['AP75']:.3f}")
+        if "masks" in summary:
+            _print_masks(summary["masks"], "masks")
+        print(f"results: {folder / f'accuracy_{base_tag}_ensemble.json'}")
+
+
+def evaluate_run(args: argparse.Namespace, entry, name: str, tag: str, folder: Path, env: dict,
+                 extra: list[str]) -> None:
+    """One trained run: predict the fold's validation cases from the raw images, score, print, write
+    ``accuracy_<tag>.json`` (and the curve)."""
+    from autoorgan.dataset.raw import list_cases
+    from autoorgan.utils.paths import preprocessed_root, raw_root
     fold_dir = folder / f"fold_{args.fold}"
-    print(f"{args.c} on {name} fold {args.fold}: {args.minutes:g} min, {args.threads} thread(s) -> {folder}")
-
-    train = [_bin("autoorgan_train"), args.d, args.c, args.fold, "-device", "cpu", "--max_minutes",
-             str(args.minutes), "--epochs", "100000", "--iters_per_epoch", str(args.iters_per_epoch), "-tr", tag,
-             *(["--val_every", str(args.val_every)] if args.curve else ["--no_val"]), *extra]
-    if (fold_dir / "checkpoint_final.pth").is_file():
-        print("  trained model exists; reusing it (delete the folder to train again)")
-    else:
-        if (fold_dir / "checkpoint_latest.pth").is_file():
-            train.append("--c")
-        res = _run(train, env, "training")
-        if res.returncode:
-            sys.exit(res.stderr[-2000:])
-
     import torch
     ck = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     h = ck["history"]
@@ -99,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     train_s = float(sum(h["epoch_time"]))
 
     # the fold's validation cases, as a user's input folder (links to the raw images)
+    pre = preprocessed_root() / name
     splits = json.loads((pre / "splits_final.json").read_text())
     val = sorted(splits[int(args.fold)]["val"]) if args.fold != "all" else None
     raw = raw_root() / name
@@ -106,56 +185,39 @@ def main(argv: list[str] | None = None) -> None:
     inputs = folder / f"val_inputs_fold{args.fold}"
     inputs.mkdir(exist_ok=True)
     n_ch = len(ds["channel_names"])
-    from autoorgan.dataset.raw import list_cases
     cases = list_cases(raw, ds)
     for cid in (val or sorted(cases)):
         for ch, src in enumerate(cases[cid].images[:n_ch]):
             link = inputs / f"{cid}_{ch:04d}{ds['file_ending']}"
             if not link.exists():
                 link.symlink_to(Path(src).resolve())
-    out = folder / f"val_predictions_fold{args.fold}"
-    t = time.time()
-    _run([_bin("autoorgan_predict"), "-i", str(inputs), "-o", str(out), "-d", args.d, "-c", args.c, "-tr", tag,
-          "-f", args.fold, "-device", "cpu", "--quiet", "--continue_prediction"], env, "prediction")
-    predict_s = time.time() - t
     ref = folder / f"val_references_fold{args.fold}"
     ref.mkdir(exist_ok=True)
     for cid in (val or sorted(cases)):
         link = ref / f"{cid}{ds['file_ending']}"
         if not link.exists():
             link.symlink_to(Path(cases[cid].label).resolve())
-    _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out), "-d", args.d, "--quiet"], env, "evaluation")
-    summary = json.loads((out / "summary.json").read_text())
+    summary, predict_s = _scored(folder / f"val_predictions_fold{args.fold}", inputs, ref, args, env, [tag],
+                                 "prediction", "--continue_prediction")
     refined = None
     if args.refine_with_masks:
-        out_r = folder / f"val_predictions_fold{args.fold}_refined"
-        _run([_bin("autoorgan_predict"), "-i", str(inputs), "-o", str(out_r), "-d", args.d, "-c", args.c, "-tr", tag,
-              "-f", args.fold, "-device", "cpu", "--quiet", "--refine_with_masks", args.refine_with_masks], env,
-             "prediction refined with masks")
-        _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out_r), "-d", args.d, "--quiet"], env,
-             "evaluation (refined)")
-        refined = {"masks": str(Path(args.refine_with_masks).resolve()),
-                   "metrics": json.loads((out_r / "summary.json").read_text())}
+        metrics, _ = _scored(folder / f"val_predictions_fold{args.fold}_refined", inputs, ref, args, env,
+                             [tag], "prediction refined with masks", "--refine_with_masks", args.refine_with_masks)
+        refined = {"masks": str(Path(args.refine_with_masks).resolve()), "metrics": metrics}
 
     tta = None
     if args.tta:
-        out_t = folder / f"val_predictions_fold{args.fold}_tta"
-        t = time.time()
-        _run([_bin("autoorgan_predict"), "-i", str(inputs), "-o", str(out_t), "-d", args.d, "-c", args.c, "-tr", tag,
-              "-f", args.fold, "-device", "cpu", "--quiet", "--continue_prediction", "--tta"], env,
-             "prediction with --tta")
-        tta_s = time.time() - t
-        _run([_bin("autoorgan_evaluate"), "-ref", str(ref), "-pred", str(out_t), "-d", args.d, "--quiet"], env,
-             "evaluation (--tta)")
-        tta = {"prediction_seconds": round(tta_s, 1), "metrics": json.loads((out_t / "summary.json").read_text())}
+        metrics, tta_s = _scored(folder / f"val_predictions_fold{args.fold}_tta", inputs, ref, args, env,
+                                 [tag], "prediction with --tta", "--continue_prediction", "--tta")
+        tta = {"prediction_seconds": round(tta_s, 1), "metrics": metrics}
 
     result = {"configuration": args.c, "dataset": name, "fold": args.fold, "minutes_budget": args.minutes,
               "threads": args.threads, "iterations": iters, "training_minutes": round(train_s / 60, 2),
               "seconds_per_iteration": round(train_s / max(iters, 1), 3), "prediction_seconds": round(predict_s, 1),
-              "num_val_cases": len(val or cases), "extra_train_args": extra, "metrics": summary, "refined": refined,
-              "tta": tta}
+              "num_val_cases": len(val or cases), "extra_train_args": extra, "seed": ck["options"].get("seed"),
+              "metrics": summary, "refined": refined, "tta": tta}
     (folder / f"accuracy_{tag}.json").write_text(json.dumps(result, indent=1))
-    print(f"\n{args.c}: {iters} iterations in {train_s / 60:.1f} min ({train_s / max(iters, 1):.2f} s/it), "
+    print(f"\n{tag} ({args.c}): {iters} iterations in {train_s / 60:.1f} min ({train_s / max(iters, 1):.2f} s/it), "
           f"{args.threads} thread(s); {len(val or cases)} validation cases predicted in {predict_s:.0f} s")
     if "boxes" in summary:
         b = summary["boxes"]
@@ -171,10 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         print("  " + "  ".join(f"{o} {v['AP']:.2f}/{v['AP50']:.2f}" for o, v in b["per_class"].items()) +
               "  (AP/AP50)")
     if "masks" in summary:
-        m = summary["masks"]
-        print(f"masks: mean Dice {m['mean_Dice']:.3f}  mean HD95 {m['mean_HD95']:.1f} mm")
-        for organ, v in m["per_class"].items():
-            print(f"  {organ:<16} n {v['num_cases']:>3}  Dice {v['Dice']:.3f}  HD95 {v['HD95']:.1f} mm")
+        _print_masks(summary["masks"], "masks")
     if tta is not None and "masks" in tta["metrics"]:
         m = tta["metrics"]["masks"]
         print(f"masks with --tta ({tta['prediction_seconds']:.0f} s): mean Dice {m['mean_Dice']:.3f}  mean HD95 "

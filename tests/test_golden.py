@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+import autoorgan
 import learning_checks as lc
 from conftest import run_cli, tiny_model_folder
 
@@ -158,6 +159,11 @@ def test_ensemble_of_model_folders_equals_the_fold_ensemble(golden_roots, tmp_pa
     assert (results["ens"][0] != results["a"][0]).any()        # B's network did change the result
     info = json.loads((tmp_path / "ens" / "prediction_info.json").read_text())
     assert [m["model_folder"] for m in info["ensemble"]] == [str(a), str(b)]
+    # the Python API: a list of model folders is the same ensemble
+    image = next((golden_roots["raw"] / DATASET / "imagesTs").glob("*_0000.nii.gz"))
+    api = autoorgan.Predictor.from_model_folder([a, b], [0], device="cpu").predict(image).label_map
+    np.testing.assert_array_equal(api, sitk.GetArrayFromImage(sitk.ReadImage(str(
+        tmp_path / "ens" / image.name.replace("_0000", "")))))
 
     plans = json.loads((b / "plans.json").read_text())
     plans["configurations"]["ccq"]["spacing"] = [s * 1.5 for s in plans["configurations"]["ccq"]["spacing"]]

@@ -361,6 +361,8 @@ def test_training_options_out_of_range(args, needle, env, capsys):
     ("dodnet", ("--classes_per_patch", "3"), "is for ccq"),
     ("ccq", ("--classes_per_patch", "0"), "--classes_per_patch"),
     ("organdetr", ("--lateral_mirror",), "are for the segmentation configurations"),
+    ("organdetr", ("--base_width", "16"), "is for the segmentation configurations"),
+    ("masked_sigmoid", ("--base_width", "0"), "--base_width"),
 ])
 def test_segmentation_training_options_that_cannot_apply(config, args, needle, env, capsys):
     code, err = run_main(capsys, train_main(), "900", config, "0", "-device", "cpu", *SHORT, *args)
@@ -826,7 +828,8 @@ def test_masked_sigmoid_trains_the_plans_recipe_and_options_override_it(env, cap
         return MaskedSigmoidTrainer(DATASET, 0, TrainOptions(extra=extra), "cpu")
     t = trainer()
     assert t.recipe == {**{k: recipe[k] for k in ("patch_size", "oversample_foreground", "deep_supervision")},
-                        "lateral_mirror": False}   # not mirrored unless asked (--lateral_mirror)
+                        "lateral_mirror": False,   # not mirrored unless asked (--lateral_mirror)
+                        "base_width": cfg["architecture"]["arch_kwargs"]["features_per_stage"][0]}
     assert t.make_training_stream(4).oversample == recipe["oversample_foreground"]
     t = trainer(deep_supervision=True, patch_size=list(recipe["patch_size"]))   # the recipe's own values
     assert t.trainer_name == "MaskedSigmoidTrainer" and t.opt.extra == {}   # --c with or without them: the same run
@@ -858,6 +861,30 @@ def test_ccq_classes_per_patch_comes_from_the_plans_and_the_option_names_its_fol
     assert CCQTrainer(DATASET, 0, TrainOptions(seed=2), "cpu").trainer_name == "CCQTrainer_seed2"
     assert CCQTrainer(DATASET, 0, TrainOptions(seed=TrainOptions.seed), "cpu").trainer_name == "CCQTrainer"
     assert CCQTrainer(DATASET, 0, TrainOptions(seed=2), "cpu", trainer_name="Mine").trainer_name == "Mine"
+
+
+def test_base_width_names_its_folder_and_the_model_plans_rebuild_the_trained_network(env):
+    """``--base_width W`` trains stage widths W, 2W, ... (capped at 320) in ``<Trainer>_wW``; the plans copied into
+    the model folder (what prediction builds its network from) hold those widths, so a checkpoint loads there; the
+    planned width is no option at all."""
+    from autoorgan.configurations import network_class
+    from autoorgan.trainers.ccq import DoDNetTrainer, MaskedSigmoidTrainer, stage_widths
+    from autoorgan.training.options import TrainOptions
+    assert stage_widths(100, 4) == [100, 200, 320, 320]
+    planned = MaskedSigmoidTrainer(DATASET, 0, TrainOptions(), "cpu").cfg["architecture"]["arch_kwargs"]
+    t = MaskedSigmoidTrainer(DATASET, 0, TrainOptions(extra={"base_width": planned["features_per_stage"][0]}), "cpu")
+    assert (t.trainer_name, t.opt.extra) == ("MaskedSigmoidTrainer", {})
+    for cls, name in ((MaskedSigmoidTrainer, "MaskedSigmoidTrainer_w12"), (DoDNetTrainer, "DoDNetTrainer_w12")):
+        t = cls(DATASET, 0, TrainOptions(extra={"base_width": 12}), "cpu")
+        assert t.trainer_name == name
+        widths = t.model_plans["configurations"][t.section]["architecture"]["arch_kwargs"]["features_per_stage"]
+        assert widths == stage_widths(12, len(planned["features_per_stage"])) != planned["features_per_stage"]
+        trained = t.build_network()
+        rebuilt = network_class(t.entry.network).from_plans(t.model_plans["configurations"][t.section], 1,
+                                                            len(t.label_values))
+        rebuilt.load_state_dict(trained.state_dict())   # strict: every shape agrees
+        first = next(m for m in trained.modules() if isinstance(m, torch.nn.Conv3d))
+        assert first.out_channels == 12
 
 
 def test_lateral_mirror_names_its_folder_and_a_mirrored_patch_annotates_the_partner_organs(env):

@@ -27,6 +27,17 @@ from autoorgan.utils.device import conv_memory_format
 from autoorgan.utils.errors import UserError
 from autoorgan.utils.fileio import load_json
 
+MAX_STAGE_WIDTH = 320  # nnU-Net's cap on a 3D U-Net stage's width
+
+
+def stage_widths(base: int, n_stages: int) -> list[int]:
+    """``--base_width``: the stage widths base, 2 base, 4 base, ... capped at nnU-Net's 320.
+
+    >>> stage_widths(16, 5)
+    [16, 32, 64, 128, 256]
+    """
+    return [min(int(base) * 2 ** i, MAX_STAGE_WIDTH) for i in range(n_stages)]
+
 
 class CCQTrainer(TrainerBase):
     configuration = "ccq"
@@ -55,6 +66,9 @@ class CCQTrainer(TrainerBase):
         section = self.plans["configurations"][self.section]   # the model folder's plans: what prediction uses
         if list(self.recipe["patch_size"]) != list(self.cfg["patch_size"]):
             section["patch_size"] = self.checked_patch_size(self.recipe["patch_size"])   # the same window
+        if self.recipe["base_width"] != default["base_width"]:   # the network prediction rebuilds
+            arch = section["architecture"]["arch_kwargs"]
+            arch["features_per_stage"] = stage_widths(self.recipe["base_width"], len(arch["features_per_stage"]))
         section.pop("keep_largest_component", None)
         section["components"] = self.components()
         section["organ_locations"] = self.organ_locations()
@@ -75,12 +89,13 @@ class CCQTrainer(TrainerBase):
 
     def default_recipe(self) -> dict:
         """What the command line's ``--patch_size``, ``--oversample_foreground``, ``--(no_)deep_supervision``,
-        ``--(no_)lateral_mirror`` and ``--classes_per_patch`` override: ccq and dodnet train the planned patch with
-        nnU-Net's 33 % organ-centred patches, unmirrored; ccq decodes the plans' ``ccq.train_classes_per_patch``
-        classes per patch (dodnet and masked_sigmoid all of them: no such entry)."""
+        ``--(no_)lateral_mirror``, ``--base_width`` and ``--classes_per_patch`` override: ccq and dodnet train the
+        planned patch and network with nnU-Net's 33 % organ-centred patches, unmirrored; ccq decodes the plans'
+        ``ccq.train_classes_per_patch`` classes per patch (dodnet and masked_sigmoid all of them: no such entry)."""
         recipe = {"patch_size": [int(v) for v in self.cfg["patch_size"]],
                   "oversample_foreground": OVERSAMPLE_FOREGROUND, "deep_supervision": False,
-                  "lateral_mirror": False}
+                  "lateral_mirror": False,
+                  "base_width": int(self.cfg["architecture"]["arch_kwargs"]["features_per_stage"][0])}
         planned_k = self.cfg.get("ccq", {}).get("train_classes_per_patch")
         if not self.all_classes_in_training and planned_k is not None:
             recipe["classes_per_patch"] = int(planned_k)
@@ -123,6 +138,8 @@ class CCQTrainer(TrainerBase):
             name += f"_k{recipe['classes_per_patch']}"
         if recipe.get("lateral_mirror") != default.get("lateral_mirror"):
             name += "_lm" if recipe["lateral_mirror"] else "_nolm"
+        if recipe["base_width"] != default["base_width"]:
+            name += f"_w{recipe['base_width']}"
         return name
 
     collate_fn = staticmethod(collate_patches)

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ccq: classes decoded per training patch (one present in it, the others at random among the "
                         "case's annotated classes; default: the plans' ccq.train_classes_per_patch, 2); K = the "
                         "number of organs trains all of them, as dodnet does; results in CCQTrainer_kK")
+    p.add_argument("--base_width", type=int, default=None, metavar="W",
+                   help="ccq, dodnet, masked_sigmoid: the network's stage widths W, 2W, 4W, ... (at most 320, "
+                        "nnU-Net's) instead of the plans' (CPU plan: 8-128, GPU plan: 32-320); a wider network "
+                        "takes longer per step; results in <Trainer>_wW")
     ds = p.add_mutually_exclusive_group()
     ds.add_argument("--deep_supervision", action="store_true",
                     help="masked_sigmoid: the loss also on every lower decoder stage (nnU-Net's deep supervision; "
@@ -110,6 +114,8 @@ def check_options(args: argparse.Namespace) -> None:
              ("--seed", args.seed, args.seed >= 0, "0 or more"),
              ("--oversample_foreground", args.oversample_foreground,
               args.oversample_foreground is None or 0 <= args.oversample_foreground <= 1, "in [0, 1]"),
+             ("--base_width", args.base_width, args.base_width is None or 1 <= args.base_width <= 320,
+              "in [1, 320]"),
              ("--classes_per_patch", args.classes_per_patch,
               args.classes_per_patch is None or args.classes_per_patch >= 1, "at least 1")]
     for name, value, ok, allowed in rules:
@@ -146,6 +152,11 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError(f"{flag} is for the patch-based segmentation configurations (ccq, dodnet, "
                             "masked_sigmoid), not organdetr")
         extra[flag.lstrip("-")] = value
+    if args.base_width is not None:
+        if entry.output != "masks":
+            raise UserError("--base_width is for the segmentation configurations (ccq, dodnet, masked_sigmoid), "
+                            "not organdetr")
+        extra["base_width"] = int(args.base_width)
     if args.deep_supervision or args.no_deep_supervision:
         flag = "--deep_supervision" if args.deep_supervision else "--no_deep_supervision"
         if entry.name != "masked_sigmoid":

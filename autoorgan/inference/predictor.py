@@ -179,10 +179,13 @@ class Predictor:
         raise NotImplementedError
 
     @classmethod
-    def from_model_folder(cls, model_folder: str | Path, folds: Sequence[str | int] | None = None,
-                          checkpoint: str = "checkpoint_final.pth", device: str | None = None,
-                          tta: bool = False, backend: str = "torch") -> Predictor:
-        """Load a trained model folder once (what :func:`load_predictor` does; the CLI's path)."""
+    def from_model_folder(cls, model_folder: str | Path | Sequence[str | Path],
+                          folds: Sequence[str | int] | None = None, checkpoint: str = "checkpoint_final.pth",
+                          device: str | None = None, tta: bool = False, backend: str = "torch") -> Predictor:
+        """Load a trained model folder once (what :func:`load_predictor` does; the CLI's path); a list of folders
+        is one ensemble (:func:`load_ensemble`, ``autoorgan_predict -tr A B``)."""
+        if isinstance(model_folder, (list, tuple)):
+            return load_ensemble([Path(f) for f in model_folder], folds, checkpoint, device, tta, backend)
         return load_predictor(Path(model_folder), folds, checkpoint, device, tta, backend)
 
     def predict(self, image: Any, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
