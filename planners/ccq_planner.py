@@ -14,7 +14,9 @@ from autoorgan.planning.laterality import lateral_pairs, plan_lateral_axis
 NUM_CLASS_QUERIES = 32  # CCQ paper, N_q
 # CPU plan (-device cpu, or no GPU visible): nnU-Net's planner with narrower stages and a smaller memory budget, so a
 # training step of batch 2 takes about a second on 2 cores instead of a minute (nnU-Net's GPU plan: width 32-320,
-# 8 GB; on OpenKBP patch 128x112x64, batch 6)
+# 8 GB; on OpenKBP patch 128x112x64, batch 6). Wider CPU networks did not pay at equal wall clock: masked_sigmoid on
+# OpenKBP, 60 minutes, widths 12-192 and 16-256 (autoorgan_train --base_width) reached mean Dice 0.709 and 0.706 against
+# 0.711 / 0.714 with 8-128 (docs/ccq.md)
 CPU_BASE_FEATURES, CPU_MAX_FEATURES, CPU_MEMORY_TARGET_GB = 8, 128, 0.25
 TRAIN_CLASSES_PER_PATCH = 2  # classes decoded per training patch (one present in it + one other annotated)
 # masked_sigmoid on a CPU plan: organ-centred patches that hold the largest organ whole (its 95th-percentile box), every
