@@ -67,6 +67,8 @@ def _train_side_by_side(runs: list[tuple[str, list[str], Path]], env: dict) -> N
         err.close()
         print(f"  training {tag}: {time.time() - t:.0f} s", flush=True)
         if code:
+            for _, other, _, _ in procs:   # no run left behind: rerunning the command continues them (--c)
+                other.terminate()
             sys.exit(f"training {tag} failed (exit {code}):\n" + Path(err.name).read_text()[-2000:])
 
 
