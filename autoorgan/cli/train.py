@@ -148,14 +148,10 @@ def run(args: argparse.Namespace) -> dict:
     for flag, value in patch_options.items():
         if value is None:
             continue
-        if entry.output != "masks":
-            raise UserError(f"{flag} is for the patch-based segmentation configurations (ccq, dodnet, "
-                            "masked_sigmoid), not organdetr")
+        _masks_only(entry, f"{flag} is", "patch-based segmentation")
         extra[flag.lstrip("-")] = value
     if args.base_width is not None:
-        if entry.output != "masks":
-            raise UserError("--base_width is for the segmentation configurations (ccq, dodnet, masked_sigmoid), "
-                            "not organdetr")
+        _masks_only(entry, "--base_width is")
         extra["base_width"] = int(args.base_width)
     if args.deep_supervision or args.no_deep_supervision:
         flag = "--deep_supervision" if args.deep_supervision else "--no_deep_supervision"
@@ -164,9 +160,7 @@ def run(args: argparse.Namespace) -> dict:
                             "outputs")
         extra["deep_supervision"] = bool(args.deep_supervision)
     if args.lateral_mirror or args.no_lateral_mirror:
-        if entry.output != "masks":
-            raise UserError("--lateral_mirror and --no_lateral_mirror are for the segmentation configurations "
-                            "(ccq, dodnet, masked_sigmoid), not organdetr")
+        _masks_only(entry, "--lateral_mirror and --no_lateral_mirror are")
         extra["lateral_mirror"] = bool(args.lateral_mirror)
     if args.classes_per_patch is not None:
         if entry.name != "ccq":
@@ -192,6 +186,12 @@ def run(args: argparse.Namespace) -> dict:
             trainer.load_checkpoint(path)
             return trainer.validate(final=True)
         return trainer.run(continue_training=args.c)
+
+
+def _masks_only(entry, subject: str, kind: str = "segmentation") -> None:
+    """An option of the label-map configurations given to a box configuration: one line saying so."""
+    if entry.output != "masks":
+        raise UserError(f"{subject} for the {kind} configurations (ccq, dodnet, masked_sigmoid), not organdetr")
 
 
 def _int_fold(text: str) -> int:
